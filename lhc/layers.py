@@ -1,0 +1,225 @@
+"""The LHC module: Local (multi-)Head Channel self-attention (paper section 2.1, eqs. 1-17).
+
+The module reads a feature map ``x`` of shape ``(B, H, W, C)`` and returns ``x + y`` where
+``y`` is channel self-attention computed independently on ``n`` horizontal bands of the
+map (the "local heads"). Facts the paper leaves open follow the original implementation,
+as listed in ``REFERENCE.md``:
+
+- Q = AvgPool(p, stride 1, 'same')(x), K = MaxPool(p, stride 1, 'same')(x) (eqs. 1-2);
+  V = AvgPool(3, stride 1, 'same')(Conv2D(C, s, 'same', with bias)(x)) (eq. 3). 'same'
+  average pooling divides by the number of valid (not padded) cells, as Keras does.
+- SplitHeads flattens the map row-major to ``(B, H*W, C)`` and cuts the ``H*W`` axis into
+  ``n`` contiguous chunks of ``L = H*W/n`` positions: head ``h`` sees a horizontal band.
+- One Dense(d) per head, shared by queries and keys (eqs. 7-10).
+- Dynamic scaling (eqs. 12-14) uses one sigmoid Dense(C -> C) shared by all heads, and
+  ``N_h = S_h / d^(g + T_h)`` with ``T_h[i]`` scaling row ``i`` of ``S_h``.
+- Softmax over the last axis (eq. 15), heads put back where they were cut from (eq. 17),
+  residual sum ``x + y``.
+
+Implementation note: the paper writes each head's tensors as ``(C, L)``; this layer keeps
+them as ``(L, C)`` (the transpose), which is exactly the row-major reshape
+``(B, H*W, C) -> (B, n, L, C)``. All heads then run as single batched einsums with no
+transpose of the feature map, and eq. 17 is the reverse reshape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+__all__ = ["LHC"]
+
+
+@keras.saving.register_keras_serializable(package="lhc")
+class LHC(keras.layers.Layer):
+    """Local multi-head channel self-attention with dynamic scaling (eqs. 1-17).
+
+    Args:
+        num_heads: number of local heads ``n``; ``H*W`` must be divisible by it.
+        head_dim: embedding size ``d`` of each head's shared query/key Dense.
+        pool_size: pool size ``p`` of the query (average) and key (max) pooling.
+        kernel_size: kernel size ``s`` of the value convolution.
+        scale_exponent: the constant ``g >= 0`` of the dynamic scaling (eq. 14).
+        gate_init: ``None`` for LHC-Net (output ``x + y``). A float makes the LHC-NetC
+            variant: output ``x + (1 + tanh(w)) * y`` with a trainable scalar ``w``
+            (weight ``gate``) initialised to ``gate_init``.
+        enabled: ``False`` "switches the module off" (paper section 2.2): the layer returns
+            its input unchanged. Weights are still created, so weight transfer and
+            ablations work on the same layer.
+        **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
+
+    Call arguments:
+        inputs: tensor of shape ``(B, H, W, C)`` with static ``H``, ``W``, ``C``.
+        return_attention: if ``True``, also return a dict with the per-head analysis
+            tensors ``weights`` W_h ``(B, n, C, C)`` (eq. 15), ``scales`` T_h
+            ``(B, n, C)`` (eq. 13) and ``head_outputs`` A_h ``(B, n, C, H*W/n)`` (eq. 16).
+
+    Returns:
+        A tensor of shape ``(B, H, W, C)``; with ``return_attention=True`` a tuple
+        ``(output, analysis_dict)``.
+
+    Parameter count: ``n*(H*W/n*d + d) + (C*C + C) + (s*s*C*C + C)`` (+1 with a gate).
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        head_dim,
+        pool_size=3,
+        kernel_size=3,
+        scale_exponent=1.0,
+        gate_init=None,
+        enabled=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for arg_name, value in (
+            ("num_heads", num_heads),
+            ("head_dim", head_dim),
+            ("pool_size", pool_size),
+            ("kernel_size", kernel_size),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(
+                    f"LHC layer '{self.name}': {arg_name} must be a positive integer, "
+                    f"got {value!r}."
+                )
+        if not isinstance(scale_exponent, (int, float)) or not scale_exponent >= 0:
+            raise ValueError(
+                f"LHC layer '{self.name}': scale_exponent (the paper's g) must be a "
+                f"non-negative number, got {scale_exponent!r}."
+            )
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.pool_size = pool_size
+        self.kernel_size = kernel_size
+        self.scale_exponent = float(scale_exponent)
+        self.gate_init = None if gate_init is None else float(gate_init)
+        self.enabled = bool(enabled)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"LHC layer '{self.name}' expects a 4D channels-last input (B, H, W, C), "
+                f"got shape {tuple(input_shape)}."
+            )
+        height, width, channels = input_shape[1], input_shape[2], input_shape[3]
+        if any(size is None or size <= 0 for size in (height, width, channels)):
+            raise ValueError(
+                f"LHC layer '{self.name}' needs static positive H, W and C, got "
+                f"H={height}, W={width}, C={channels}."
+            )
+        if (height * width) % self.num_heads:
+            raise ValueError(
+                f"LHC layer '{self.name}': H*W = {height}*{width} = {height * width} is not "
+                f"divisible by num_heads={self.num_heads}; each head needs an equal "
+                f"horizontal band (paper section 2.1)."
+            )
+        self.height, self.width, self.channels = height, width, channels
+        self.band_size = height * width // self.num_heads  # L = H*W / n
+        kernel = self.kernel_size
+        self.value_kernel = self.add_weight(
+            name="value_kernel",
+            shape=(kernel, kernel, channels, channels),
+            initializer="glorot_uniform",
+        )
+        self.value_bias = self.add_weight(name="value_bias", shape=(channels,), initializer="zeros")
+        # One Dense(L -> d) per head, stacked; initialised as a per-head Glorot-uniform Dense
+        # would be (fans L and d), not with the stacked tensor's larger fans.
+        embed_limit = math.sqrt(6.0 / (self.band_size + self.head_dim))
+        self.embed_kernel = self.add_weight(
+            name="embed_kernel",
+            shape=(self.num_heads, self.band_size, self.head_dim),
+            initializer=keras.initializers.RandomUniform(-embed_limit, embed_limit),
+        )
+        self.embed_bias = self.add_weight(
+            name="embed_bias", shape=(self.num_heads, self.head_dim), initializer="zeros"
+        )
+        self.scale_kernel = self.add_weight(
+            name="scale_kernel", shape=(channels, channels), initializer="glorot_uniform"
+        )
+        self.scale_bias = self.add_weight(name="scale_bias", shape=(channels,), initializer="zeros")
+        if self.gate_init is not None:
+            self.gate = self.add_weight(
+                name="gate",
+                shape=(),
+                initializer=keras.initializers.Constant(self.gate_init),
+            )
+
+    def call(self, inputs, return_attention=False):
+        if not self.enabled and not return_attention:
+            return inputs
+        attention, analysis = self._attention(inputs, return_attention)
+        if not self.enabled:
+            outputs = inputs
+        elif self.gate_init is None:
+            outputs = inputs + attention
+        else:
+            outputs = inputs + (1.0 + ops.tanh(self.gate)) * attention
+        if return_attention:
+            return outputs, analysis
+        return outputs
+
+    def _attention(self, inputs, return_attention):
+        """The attention term ``y`` of eq. 17, and the analysis tensors when asked."""
+        num_heads, band_size, channels = self.num_heads, self.band_size, self.channels
+        pool = self.pool_size
+        queries = ops.average_pool(inputs, pool, strides=1, padding="same")  # eq. 1
+        keys = ops.max_pool(inputs, pool, strides=1, padding="same")  # eq. 2
+        values = ops.conv(inputs, self.value_kernel, strides=1, padding="same")
+        values = ops.average_pool(values + self.value_bias, 3, strides=1, padding="same")  # eq. 3
+
+        # SplitHeads (eqs. 4-6), stored transposed: head h holds rows h*L..(h+1)*L-1.
+        queries = ops.reshape(queries, (-1, num_heads, band_size, channels))  # (B, n, L, C)
+        keys = ops.reshape(keys, (-1, num_heads, band_size, channels))  # (B, n, L, C)
+        values = ops.reshape(values, (-1, num_heads, band_size, channels))  # (B, n, L, C)
+
+        # Shared per-head embedding of queries and keys (eqs. 9-10).
+        embed_bias = self.embed_bias[None, :, None, :]  # (1, n, 1, d)
+        query_embed = ops.einsum("bnlc,nld->bncd", queries, self.embed_kernel) + embed_bias
+        key_embed = ops.einsum("bnlc,nld->bncd", keys, self.embed_kernel) + embed_bias
+        scores = ops.einsum("bncd,bnkd->bnck", query_embed, key_embed)  # (B, n, C, C), eq. 11
+
+        # Dynamic scaling (eqs. 12-14): one sigmoid Dense shared by heads.
+        mean_scores = ops.mean(scores, axis=-1)  # (B, n, C), eq. 12
+        scales = ops.sigmoid(ops.matmul(mean_scores, self.scale_kernel) + self.scale_bias)  # eq. 13
+        # d^-(g + T) = exp(-(g + T) log d); T scales row i of S_h, hence the trailing axis.
+        inverse_temperature = ops.exp(-(self.scale_exponent + scales) * math.log(self.head_dim))
+        normalised = scores * inverse_temperature[..., None]  # (B, n, C, C), eq. 14
+
+        # Softmax in at least float32 under mixed precision: in bf16 a row of up to 512
+        # terms loses its small weights entirely.
+        if keras.backend.standardize_dtype(normalised.dtype) in ("bfloat16", "float16"):
+            normalised = ops.cast(normalised, "float32")
+        weights = ops.cast(ops.softmax(normalised, axis=-1), values.dtype)  # eq. 15
+        # eq. 16 in the transposed layout: A_h^T = v_h^T W_h^T.
+        head_outputs = ops.einsum("bnck,bnlk->bnlc", weights, values)  # (B, n, L, C)
+        attention = ops.reshape(
+            head_outputs, (-1, self.height, self.width, channels)
+        )  # (B, H, W, C), eq. 17
+
+        analysis = None
+        if return_attention:
+            analysis = {
+                "weights": weights,
+                "scales": scales,
+                "head_outputs": ops.transpose(head_outputs, (0, 1, 3, 2)),  # (B, n, C, L)
+            }
+        return attention, analysis
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "head_dim": self.head_dim,
+                "pool_size": self.pool_size,
+                "kernel_size": self.kernel_size,
+                "scale_exponent": self.scale_exponent,
+                "gate_init": self.gate_init,
+                "enabled": self.enabled,
+            }
+        )
+        return config
