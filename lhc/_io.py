@@ -32,6 +32,10 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
                                     dir=destination.parent)
     os.close(fd)
     tmp_path = Path(tmp_name)
+    # mkstemp creates 0600; the final file gets the permissions an ordinary open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, destination)

@@ -176,11 +176,16 @@ class LHC(keras.layers.Layer):
         keys = ops.reshape(keys, (-1, num_heads, band_size, channels))  # (B, n, L, C)
         values = ops.reshape(values, (-1, num_heads, band_size, channels))  # (B, n, L, C)
 
-        # Shared per-head embedding of queries and keys (eqs. 9-10).
-        embed_bias = self.embed_bias[None, :, None, :]  # (1, n, 1, d)
-        query_embed = ops.einsum("bnlc,nld->bncd", queries, self.embed_kernel) + embed_bias
-        key_embed = ops.einsum("bnlc,nld->bncd", keys, self.embed_kernel) + embed_bias
-        scores = ops.einsum("bncd,bnkd->bnck", query_embed, key_embed)  # (B, n, C, C), eq. 11
+        # Shared per-head embedding of queries and keys (eqs. 9-10), computed transposed,
+        # q~_h^T = w_1,h^T q_h^T, as one matmul broadcast over the batch: the big (L, C)
+        # bands are read in place, only the small weights are transposed.
+        embed_kernel = ops.transpose(self.embed_kernel, (0, 2, 1))[None]  # (1, n, d, L)
+        embed_bias = self.embed_bias[None, :, :, None]  # (1, n, d, 1)
+        query_embed = ops.matmul(embed_kernel, queries) + embed_bias  # (B, n, d, C)
+        key_embed = ops.matmul(embed_kernel, keys) + embed_bias  # (B, n, d, C)
+        scores = ops.matmul(
+            ops.transpose(query_embed, (0, 1, 3, 2)), key_embed
+        )  # (B, n, C, C), eq. 11
 
         # Dynamic scaling (eqs. 12-14): one sigmoid Dense shared by heads.
         mean_scores = ops.mean(scores, axis=-1)  # (B, n, C), eq. 12
@@ -195,7 +200,7 @@ class LHC(keras.layers.Layer):
             normalised = ops.cast(normalised, "float32")
         weights = ops.cast(ops.softmax(normalised, axis=-1), values.dtype)  # eq. 15
         # eq. 16 in the transposed layout: A_h^T = v_h^T W_h^T.
-        head_outputs = ops.einsum("bnck,bnlk->bnlc", weights, values)  # (B, n, L, C)
+        head_outputs = ops.matmul(values, ops.transpose(weights, (0, 1, 3, 2)))  # (B, n, L, C)
         attention = ops.reshape(
             head_outputs, (-1, self.height, self.width, channels)
         )  # (B, H, W, C), eq. 17

@@ -1,0 +1,137 @@
+"""Inference time of LHC-Net against its ResNet34v2 backbone at 224x224, batch 16.
+
+Both models are built in the same process and timed side by side: each repeat runs both,
+alternating which goes first, so that load from other processes hits both alike; the
+JSON reports the medians and their ratio (target: LHC-Net / ResNet34v2 <= 1.25, i.e. the
+LHC modules run about as efficiently as the convolutions around them, since they add
+about 23% to the backbone's FLOPs).
+
+``--profile`` also times each LHC block alone against one residual unit of its stage at
+the same feature-map shape, with achieved GFLOP/s, to show where the extra time goes.
+
+Usage: python benchmarks/overhead.py [--dtype float32|mixed_bfloat16] [--repeats 7]
+       [--batch 16] [--profile] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from lhc_layer import block_forward_flops  # noqa: E402  (sibling script: one FLOP count)
+
+from lhc import models  # noqa: E402
+from lhc._io import write_text  # noqa: E402
+from lhc.layers import LHC  # noqa: E402
+
+INPUT_SHAPE = (224, 224, 3)
+TARGET_RATIO = 1.25
+
+
+def time_models(named_models, inputs, repeats, warmup=2):
+    """Median seconds per ``predict_on_batch`` of each model, interleaved across repeats."""
+    for model in named_models.values():
+        for _ in range(warmup):
+            model.predict_on_batch(inputs)
+    times = {name: [] for name in named_models}
+    order = list(named_models)
+    for repeat in range(repeats):
+        for name in order if repeat % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            named_models[name].predict_on_batch(inputs)  # returns numpy: the work is done
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}, times
+
+
+def residual_unit_model(shape):
+    """One identity-shortcut pre-activation unit: the convolutions an LHC block sits among."""
+    inputs = keras.Input(shape=shape)
+    x = inputs
+    for index in (1, 2):
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.Activation("relu")(x)
+        x = keras.layers.ZeroPadding2D(1)(x)
+        x = keras.layers.Conv2D(shape[-1], 3, use_bias=False, name=f"conv{index}")(x)
+    return keras.Model(inputs, keras.layers.Add()([x, inputs]))
+
+
+def profile_blocks(batch, repeats):
+    """Per LHC block: its time alone against one residual unit at the same shape."""
+    rows = []
+    shapes = models.lhc_feature_shapes(INPUT_SHAPE)
+    for index, (shape, block) in enumerate(zip(shapes, models.PAPER_BLOCKS, strict=True), 1):
+        height, width, channels = shape
+        inputs = np.random.default_rng(index).normal(size=(batch, *shape)).astype("float32")
+        lhc_input = keras.Input(shape=shape)
+        lhc_model = keras.Model(lhc_input, LHC(block.num_heads, block.head_dim, block.pool_size,
+                                               block.kernel_size, block.scale_exponent)(lhc_input))
+        medians, _ = time_models(
+            {"lhc": lhc_model, "residual_unit": residual_unit_model(shape)}, inputs, repeats
+        )
+        lhc_flops = batch * block_forward_flops(height, width, channels, block.num_heads,
+                                                block.head_dim, block.kernel_size)
+        unit_flops = batch * 2 * (2 * height * width * channels * channels * 9)
+        rows.append({
+            "block": f"lhc{index}",
+            "shape": list(shape),
+            "lhc_seconds": round(medians["lhc"], 4),
+            "residual_unit_seconds": round(medians["residual_unit"], 4),
+            "lhc_gflops_per_s": round(lhc_flops / medians["lhc"] / 1e9, 1),
+            "residual_unit_gflops_per_s": round(unit_flops / medians["residual_unit"] / 1e9, 1),
+            "lhc_gflop": round(lhc_flops / 1e9, 2),
+            "residual_unit_gflop": round(unit_flops / 1e9, 2),
+        })
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=("float32", "mixed_bfloat16"), default="float32")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each LHC block against a residual unit of its stage")
+    parser.add_argument("--out", help="also write the JSON to this file")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.batch < 1:
+        parser.error("--repeats and --batch must be positive")
+
+    keras.mixed_precision.set_global_policy(args.dtype)
+    keras.utils.set_random_seed(0)
+    named_models = {"resnet34v2": models.build_resnet34v2(INPUT_SHAPE),
+                    "lhc_net": models.build_lhc_net(INPUT_SHAPE)}
+    inputs = np.random.default_rng(0).uniform(0, 255, (args.batch, *INPUT_SHAPE)).astype("float32")
+    medians, times = time_models(named_models, inputs, args.repeats)
+    ratio = medians["lhc_net"] / medians["resnet34v2"]
+    report = {
+        "benchmark": "inference LHC-Net vs ResNet34v2, 224x224, predict_on_batch",
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "seconds_median": {name: round(value, 4) for name, value in medians.items()},
+        "seconds_all": {name: [round(t, 4) for t in values] for name, values in times.items()},
+        "ratio_lhc_net_over_resnet34v2": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio <= TARGET_RATIO,
+        "machine": {"processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "keras": keras.__version__,
+                    "backend": keras.backend.backend()},
+    }
+    if args.profile:
+        report["per_block"] = profile_blocks(args.batch, args.repeats)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        write_text(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()

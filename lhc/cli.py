@@ -1,0 +1,134 @@
+"""The ``lhc`` command line.
+
+Subcommands:
+
+- ``lhc summary [--input-size 224]``: build ResNet34v2, LHC-Net and LHC-NetC at the paper's
+  settings, print the parameter table and the LHC block settings, and run a forward pass
+  on random input (the main job of ``make run`` until the notebook sequence lands).
+- ``lhc synth OUT.csv[.gz] [--n N] [--seed S]``: write the synthetic FER-like data set in
+  Kaggle's ``fer2013.csv`` format.
+- ``lhc data-report PATH [--out DIR] [--carve-test F]``: validate a FER2013 source and write
+  its data report (JSON and figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parameter_table(input_size: int = 224, num_classes: int = 7) -> list[dict]:
+    """Rows of model name, total and LHC parameters and LHC share, counted from the models."""
+    from lhc.layers import LHC
+    from lhc.models import build_lhc_net, build_resnet34v2
+
+    shape = (input_size, input_size, 3)
+    models = {
+        "ResNet34v2": build_resnet34v2(shape, num_classes),
+        "LHC-Net": build_lhc_net(shape, num_classes, variant="lhc"),
+        "LHC-NetC": build_lhc_net(shape, num_classes, variant="lhcc"),
+    }
+    rows = []
+    for name, model in models.items():
+        total = model.count_params()
+        attention = sum(layer.count_params() for layer in model.layers if isinstance(layer, LHC))
+        rows.append({"model": name, "params": total, "lhc_params": attention,
+                     "lhc_share_percent": round(100 * attention / total, 2), "keras_model": model})
+    return rows
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lhc.layers import LHC
+
+    rows = parameter_table(args.input_size)
+    print(f"Models at {args.input_size}x{args.input_size}x3, 7 classes")
+    print(f"{'model':<12} {'params':>12} {'LHC params':>12} {'LHC share':>10}")
+    for row in rows:
+        print(f"{row['model']:<12} {row['params']:>12,} {row['lhc_params']:>12,} "
+              f"{row['lhc_share_percent']:>9.2f}%")
+    lhc_net = rows[1]["keras_model"]
+    print("\nLHC blocks (heads n, head dim d, pool p, kernel s, scale g) and their input maps")
+    for layer in lhc_net.layers:
+        if isinstance(layer, LHC):
+            print(f"  {layer.name}: n={layer.num_heads} d={layer.head_dim} p={layer.pool_size} "
+                  f"s={layer.kernel_size} g={layer.scale_exponent}  on "
+                  f"{layer.height}x{layer.width}x{layer.channels}")
+    images = np.random.default_rng(args.seed).uniform(
+        0, 255, (args.batch, args.input_size, args.input_size, 3)).astype("float32")
+    print(f"\nForward pass on random input {images.shape}:")
+    for row in rows:
+        probabilities = row["keras_model"].predict(images, verbose=0)
+        print(f"  {row['model']:<12} output {probabilities.shape}, rows sum to "
+              f"{np.round(probabilities.sum(axis=1), 4).tolist()}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from lhc.data import synthetic
+
+    path = synthetic.write_fer2013_csv(args.out, n=args.n, seed=args.seed)
+    print(f"wrote {args.n} synthetic images to {path}")
+    return 0
+
+
+def _cmd_data_report(args: argparse.Namespace) -> int:
+    from lhc import plots
+    from lhc._io import write_json
+    from lhc.data import load_fer2013
+    from lhc.data import report as data_report
+
+    data = load_fer2013(args.path, carve_test=args.carve_test, on_error=args.on_error)
+    summary = data_report.data_report(data)
+    out = Path(args.out)
+    write_json(out / "data_report.json", summary)
+    plots.apply_style()
+    for name, fig in data_report.report_figures(data).items():
+        plots.save_figure(fig, out / "figures" / name)
+    print(json.dumps({key: summary[key] for key in ("counts",) if key in summary}, indent=2))
+    print(f"report written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lhc", description="LHC-Net research workbench.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    summary = sub.add_parser("summary", help="parameter table and a forward pass")
+    summary.add_argument("--input-size", type=int, default=224)
+    summary.add_argument("--batch", type=int, default=2)
+    summary.add_argument("--seed", type=int, default=0)
+    summary.set_defaults(func=_cmd_summary)
+
+    synth = sub.add_parser("synth", help="write the synthetic FER-like data set")
+    synth.add_argument("out")
+    synth.add_argument("--n", type=int, default=3000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_synth)
+
+    report = sub.add_parser("data-report", help="validate a FER2013 source and report on it")
+    report.add_argument("path")
+    report.add_argument("--out", default="runs/data-report")
+    report.add_argument("--carve-test", type=float, default=None,
+                        help="carve a stratified test split of this fraction from train")
+    report.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    report.set_defaults(func=_cmd_data_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
