@@ -14,7 +14,6 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -91,9 +90,28 @@ def _cmd_data_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_json(out / "data_report.json", summary)
     plots.apply_style()
-    for name, fig in data_report.report_figures(data).items():
+    figures = {
+        "data_class_distribution": data_report.class_distribution_figure(summary),
+        "data_pixel_statistics": data_report.pixel_statistics_figure(data),
+        "data_duplicates": data_report.duplicates_figure(summary),
+    }
+    if args.images:  # off by default: a report on real data must not show faces
+        train = data.splits["train"]
+        figures["data_samples_per_class"] = data_report.sample_grid(
+            train.images, train.labels, data.class_names)
+    for name, fig in figures.items():
         plots.save_figure(fig, out / "figures" / name)
-    print(json.dumps({key: summary[key] for key in ("counts",) if key in summary}, indent=2))
+    print(data.split_convention)
+    for note in data.notes:
+        print(f"note: {note}")
+    for name, split in summary["splits"].items():
+        print(f"{name:>5}: {split['rows']:>6} rows, per class {split['class_counts']}")
+    duplicates = summary["duplicates"]
+    print(f"duplicates: {duplicates['repeated_rows']} repeated rows in {duplicates['groups']} "
+          f"groups, {duplicates['groups_across_splits']} across splits, "
+          f"{duplicates['groups_with_conflicting_labels']} with conflicting labels")
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} invalid rows (see data_report.json)")
     print(f"report written to {out}")
     return 0
 
@@ -120,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--carve-test", type=float, default=None,
                         help="carve a stratified test split of this fraction from train")
     report.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    report.add_argument("--images", action="store_true",
+                        help="also draw a grid of sample faces (off: no images of the data)")
     report.set_defaults(func=_cmd_data_report)
     return parser
 

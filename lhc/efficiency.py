@@ -193,6 +193,11 @@ def l1_exceeds_g1_threshold_at(spatial_size, head_dim, num_heads) -> Fraction | 
     ``(A + B) L1`` is linear in ``A`` and ``B`` with slopes ``L1(A=1, B=0)`` and
     ``L1(A=0, B=1)``, so ``L1 > G1`` iff ``A (L1(1,0) - G1) > B (G1 - L1(0,1))``.
 
+    Args:
+        spatial_size: ``H*W``.
+        head_dim: ``d``.
+        num_heads: ``n``.
+
     Returns:
         ``(G1 - L1(0,1)) / (L1(1,0) - G1)``, or ``None`` when ``L1(1,0) <= G1``.
     """

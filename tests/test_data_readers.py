@@ -46,8 +46,9 @@ LABELS = [3, 0, 6, 1, 5]
 @pytest.fixture
 def kaggle_rows():
     images = random_images(len(USAGES), seed=1)
+    rows = zip(LABELS, images, USAGES, strict=True)
     lines = ["emotion,pixels,Usage"] + [f"{label},{pixels_text(image)},{usage}"
-                                        for label, image, usage in zip(LABELS, images, USAGES, strict=True)]
+                                        for label, image, usage in rows]
     return images, lines
 
 
@@ -70,7 +71,8 @@ def test_kaggle_csv_maps_usages_to_splits_with_provenance(tmp_path, kaggle_rows,
         np.testing.assert_array_equal(split.provenance.lines, np.asarray(rows) + 2)
         assert split.provenance[0] == f"{path}, line {rows[0] + 2}"
     assert data.class_names == FER2013_CLASSES
-    assert data.split_convention.startswith("Training -> train, PublicTest -> val, PrivateTest -> test")
+    assert data.split_convention.startswith(
+        "Training -> train, PublicTest -> val, PrivateTest -> test")
     assert data.rows_read == 5 and data.skipped == [] and data.notes == []
     assert not data.test_is_carved
 
@@ -136,21 +138,23 @@ def test_image_folders_split_rule_synonyms_and_case(tmp_path):
     save_image(tmp_path / "test" / "sadness" / "PrivateTest_4.png", images[3])
     save_image(tmp_path / "test" / "Neutral" / "face.png", images[4])
     save_image(tmp_path / "train" / "fearful" / "Training_5.png", images[5], mode="RGB")
+    save_image(tmp_path / "train" / "Disgusted" / "Training_6.JPG", np.full((48, 48), 90, np.uint8))
     (tmp_path / "train" / "fearful" / "notes.txt").write_text("not an image")
 
     data = load_fer2013(tmp_path)
 
     train, val, test = (data.splits[name] for name in ("train", "val", "test"))
-    # Sorted by path: ANGER, Happy, fearful (upper case sorts first).
-    np.testing.assert_array_equal(train.labels, [0, 3, 2])
-    np.testing.assert_array_equal(train.images, images[[1, 0, 5]])  # grey RGB stays exact
+    # Sorted by path: ANGER, Disgusted, Happy, fearful (upper case sorts first).
+    np.testing.assert_array_equal(train.labels, [0, 1, 3, 2])
+    np.testing.assert_array_equal(train.images[[0, 2, 3]], images[[1, 0, 5]])  # RGB grey exact
+    assert np.abs(train.images[1].astype(int) - 90).max() <= 1  # a flat JPEG, lossy by 1 at most
     np.testing.assert_array_equal(val.labels, [5])
     np.testing.assert_array_equal(val.images, images[2:3])
     np.testing.assert_array_equal(test.labels, [6, 4])  # unprefixed and PrivateTest_*
     np.testing.assert_array_equal(test.images, images[[4, 3]])
     assert test.provenance[0] == str(tmp_path / "test" / "Neutral" / "face.png")
     assert any("1 entries outside the layout" in note for note in data.notes)
-    assert data.rows_read == 6
+    assert data.rows_read == 7
 
 
 def test_image_folders_resize_when_allowed(tmp_path):
@@ -181,7 +185,8 @@ FERPLUS_ROWS = [
     ("PublicTest", "g.png", (0, 0, 9, 0, 0, 0, 1, 0, 0, 0), 5),  # 9 of 9 -> Surprise
     ("PublicTest", "h.png", (0, 0, 0, 0, 0, 0, 0, 0, 10, 0), "with majority 'unknown'"),
 ]
-FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+FERPLUS_HEADER = ("Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
+                  "contempt,unknown,NF")
 
 
 def write_ferplus_pair(tmp_path, rows=FERPLUS_ROWS):
@@ -271,10 +276,18 @@ def test_carve_refuses_to_replace_a_test_split():
 
 def test_load_with_carve_test(tmp_path, kaggle_rows):
     images, lines = kaggle_rows
-    path = write_text(tmp_path / "fer2013.csv", [line for line in lines if "PrivateTest" not in line])
+    without_test = [line for line in lines if "PrivateTest" not in line]
+    path = write_text(tmp_path / "fer2013.csv", without_test)
     data = load_fer2013(path, carve_test=0.5, seed=0)
     assert data.test_is_carved
     assert len(data.splits["train"]) + len(data.splits["test"]) == 3
+
+    # With PrivateTest rows present the source's test split is kept, and the note says so.
+    full = load_fer2013(write_text(tmp_path / "full.csv", lines), carve_test=0.5, seed=0)
+    plain = load_fer2013(tmp_path / "full.csv")
+    assert not full.test_is_carved
+    np.testing.assert_array_equal(full.splits["test"].images, plain.splits["test"].images)
+    assert any("carve_test ignored" in note for note in full.notes)
 
 
 def test_cache_hit_then_invalidated_by_a_changed_source(tmp_path, kaggle_rows):

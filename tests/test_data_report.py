@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -167,13 +166,9 @@ def test_duplicates_figure_bars_carry_the_report_numbers(tiny):
 def test_shared_fer2013_duplicates_and_blanks():
     if not SHARED_CSV.exists():
         pytest.skip(f"real data absent: {SHARED_CSV}")
-    data_module = pytest.importorskip("lhc.data")
-    if not hasattr(data_module, "load_fer2013"):
-        pytest.skip("lhc.data.load_fer2013 does not exist yet")
-    data = data_module.load_fer2013(SHARED_CSV)
-    start = time.perf_counter()
-    report = data_report(data)
-    elapsed = time.perf_counter() - start
+    from lhc.data import load_fer2013
+
+    report = data_report(load_fer2013(SHARED_CSV))
     # Values from the shared copy's README.
     duplicates = report["duplicates"]
     assert duplicates["repeated_rows"] == 1532
@@ -184,4 +179,17 @@ def test_shared_fer2013_duplicates_and_blanks():
     assert report["splits"]["val"]["blank_images"] == 1
     assert report["splits"]["train"]["rows"] == 28709 and report["splits"]["val"]["rows"] == 3589
     assert report["splits"]["train"]["class_counts"]["Disgust"] == 436
-    assert elapsed < 5.0  # about 0.3 s on the project's 2-core machine
+
+
+def test_report_counts_rows_the_reader_skipped(tmp_path):
+    from lhc.data import load_fer2013
+
+    good = " ".join(["7"] * 2304)
+    path = tmp_path / "fer2013.csv"
+    path.write_text("emotion,pixels,Usage\n"
+                    f"3,{good},Training\n"
+                    f"9,{good},Training\n"  # line 3: unknown label
+                    f"1,{good},PublicTest\n")
+    report = data_report(load_fer2013(path, on_error="skip"))
+    assert [(row["line"], "label" in row["reason"]) for row in report["skipped_rows"]] == [(3, True)]
+    assert report["splits"]["train"]["rows"] == 1

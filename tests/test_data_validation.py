@@ -151,10 +151,11 @@ def png_bytes(array):
 
 
 FACE = np.arange(48 * 48, dtype=np.uint16).reshape(48, 48).astype(np.uint8)
+NOISE = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
 # name -> (bytes of train/happy/bad.png, words the message must hold)
 IMAGE_CASES = {
     "undecodable image": (b"\x89PNG but not really", "expected a decodable PNG or JPEG image"),
-    "truncated image": (png_bytes(np.random.default_rng(0).integers(0, 256, (48, 48), np.uint8))[:300],
+    "truncated image": (png_bytes(NOISE)[:300],
                         "expected a decodable PNG or JPEG image"),
     "image not 48x48": (png_bytes(np.zeros((40, 64), np.uint8)),
                         "expected a 48x48 image (pass allow_resize=True to resize); found 64x40"),
@@ -188,7 +189,8 @@ def test_unknown_class_folder(tmp_path):
     assert len(data.skipped) == 2 and len(data.splits["train"]) == 1
 
 
-FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+FERPLUS_HEADER = ("Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
+                  "contempt,unknown,NF")
 VOTES = "10,0,0,0,0,0,0,0,0,0"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 
 import numpy as np
 import pytest
@@ -91,12 +90,6 @@ def test_bad_arguments_raise_naming_the_argument(kwargs):
         generate(arguments.pop("n"), **arguments)
 
 
-def test_generating_3000_faces_takes_seconds():
-    start = time.perf_counter()
-    generate(3000, seed=0)
-    assert time.perf_counter() - start < 10.0  # about 1 s on the project's 2-core machine
-
-
 @pytest.mark.parametrize("name", ["fer2013.csv", "fer2013.csv.gz"])
 def test_csv_same_bytes_twice_other_seed_differs(tmp_path, name):
     first = write_fer2013_csv(tmp_path / "a" / name, 25, seed=4)
@@ -130,12 +123,11 @@ def test_csv_round_trip_with_plain_python(tmp_path):
 
 
 def test_csv_round_trip_through_the_reader(tmp_path):
-    data_module = pytest.importorskip("lhc.data")
-    if not hasattr(data_module, "load_fer2013"):
-        pytest.skip("lhc.data.load_fer2013 does not exist yet")
+    from lhc.data import load_fer2013
+
     path = tmp_path / "fer2013.csv"
     written = write_fer2013_csv(path, 50, seed=12)
-    data = data_module.load_fer2013(path)
+    data = load_fer2013(path)
     for split, usage in (("train", "Training"), ("val", "PublicTest"), ("test", "PrivateTest")):
         rows = written.usage == usage
         np.testing.assert_array_equal(data.splits[split].images, written.images[rows])

@@ -85,12 +85,7 @@ def parse_pixel_csv(text: bytes, file: str, columns: tuple[str, ...],
         DataError: empty file, header without the required columns, or no data rows
             (always), and invalid rows when ``record`` raises.
     """
-    lines = text.removeprefix(codecs.BOM_UTF8).split(b"\n")
-    if not text.strip():
-        raise DataError(file, None, f"a header line {','.join(columns)} and data rows",
-                        "an empty file")
-    if lines[-1] == b"":
-        lines.pop()  # the final newline ends the last row; it starts no new one
+    lines = split_lines(text, file, columns)
     separator, column, num_columns = read_header(lines[0], file, columns)
     if len(lines) == 1:
         raise DataError(file, None, "data rows after the header", "only the header")
@@ -146,13 +141,29 @@ def parse_pixel_csv(text: bytes, file: str, columns: tuple[str, ...],
         record(error)
     flush()
 
-    pixels = np.concatenate([part[0] for part in parts]) if parts else np.empty((0, PIXELS_PER_IMAGE), np.uint8)
-    rows = np.concatenate([part[1] for part in parts]) if parts else np.empty((0, 3), np.int64)
+    pixels = np.concatenate([np.empty((0, PIXELS_PER_IMAGE), np.uint8)]
+                            + [part[0] for part in parts])  # (N, 2304)
+    rows = np.concatenate([np.empty((0, 3), np.int64)] + [part[1] for part in parts])  # (N, 3)
     return PixelTable(
         images=pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE),  # (N, 48, 48)
         labels=rows[:, 1].copy(), lines=rows[:, 0].copy(),
         usages=rows[:, 2].astype(np.int8) if with_usage else None,
         rows_read=rows_read, blank_lines=blank_lines)
+
+
+def split_lines(text: bytes, file: str, columns: tuple[str, ...]) -> list[bytes]:
+    """The lines of a CSV file (a UTF-8 byte order mark removed; ``\\r`` left to the caller).
+
+    Raises:
+        DataError: the file is empty or blank.
+    """
+    lines = text.removeprefix(codecs.BOM_UTF8).split(b"\n")
+    if not any(line.strip() for line in lines):
+        raise DataError(file, None, f"a header line {','.join(columns)} and data rows",
+                        "an empty file")
+    if lines[-1] == b"":
+        lines.pop()  # the final newline ends the last row; it starts no new one
+    return lines
 
 
 def read_header(header: bytes, file: str,

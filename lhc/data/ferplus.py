@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from lhc.data.fer_csv import (
     field_count_error,
     read_header,
     shorten,
+    split_lines,
 )
 from lhc.data.readers import load_fer2013
 
@@ -139,25 +141,23 @@ def load_ferplus(fer_csv_path: str | os.PathLike, ferplus_csv_path: str | os.Pat
     return data
 
 
-def read_votes(text: bytes, file: str, record: ErrorPolicy) -> VoteTable:
+def read_votes(text: bytes, file: str, record: Callable[[DataError], None]) -> VoteTable:
     """Parse and validate a ``fer2013new.csv``.
 
     Raises:
         DataError: empty file or bad header (always), invalid rows when ``record`` raises.
     """
-    lines = text.split(b"\n")
-    if not text.strip():
-        raise DataError(file, None, f"a header line {','.join(FERPLUS_COLUMNS)}", "an empty file")
+    lines = split_lines(text, file, FERPLUS_COLUMNS)
     separator, column, num_columns = read_header(lines[0], file, FERPLUS_COLUMNS)
     usage_of = {name.lower().encode(): index for index, name in enumerate(USAGE_NAMES)}
     vote_columns = [column[name] for name in VOTE_COLUMNS]
     line_numbers, usages, has_image, votes = [], [], [], []
     rows_read = 0
     for line_number, line in enumerate(lines[1:], start=2):
-        cells = line.rstrip(b"\r").split(separator)
         if not line.strip():
             continue
         rows_read += 1
+        cells = line.rstrip(b"\r").split(separator)
         if len(cells) != num_columns:
             record(field_count_error(file, line_number, num_columns, separator, len(cells)))
             continue
@@ -200,8 +200,9 @@ def _label(table: VoteTable, rows: np.ndarray, mode: str,
         winner = counted.argmax(axis=1)
         has_majority = 2 * counted.max(axis=1) > counted.sum(axis=1)
         reasons["without a majority"] = ~has_majority
-        reasons["with majority 'unknown'"] = has_majority & (winner == VOTE_COLUMNS.index("unknown"))
-        reasons["with majority 'NF' (not a face)"] = has_majority & (winner == VOTE_COLUMNS.index("NF"))
+        for column, reason in (("unknown", "with majority 'unknown'"),
+                               ("NF", "with majority 'NF' (not a face)")):
+            reasons[reason] = has_majority & (winner == VOTE_COLUMNS.index(column))
         distributions = None
     else:
         emotion_votes = votes[:, :8][:, to_class]  # (R, 8)

@@ -44,6 +44,7 @@ from lhc.data.fer_csv import (
 from lhc.data.folders import (
     FOLDER_CONVENTION,
     SPLIT_FOLDERS,
+    ImageListing,
     decode_image,
     is_image_layout,
     list_image_folders,
@@ -76,6 +77,10 @@ class Layout:
         """The Kaggle file's name, or the folder's: it starts the cache file's name."""
         return self.files["all"].name if self.kind == "kaggle" else self.root.name
 
+    def relative(self, file: Path) -> str:
+        """``file``'s path under ``root``: what its bytes are keyed and hashed under."""
+        return file.relative_to(self.root).as_posix()
+
 
 def load_fer2013(path: str | os.PathLike, *, on_error: str = "raise",
                  carve_test: float | None = None, seed: int = 0, allow_resize: bool = False,
@@ -87,8 +92,9 @@ def load_fer2013(path: str | os.PathLike, *, on_error: str = "raise",
         on_error: ``"raise"`` at the first invalid row or image, or ``"skip"`` it and list
             it (with its reason) in the result's ``skipped``.
         carve_test: when set, a fraction in (0, 1): carve a stratified ``test`` split from
-            ``train`` (only when the source has none, e.g. the shared copy without
-            PrivateTest); the result says so in ``test_is_carved``, notes and convention.
+            ``train`` when the source has none (e.g. the shared copy without PrivateTest);
+            the result says so in ``test_is_carved``, notes and convention. A source with
+            its own test split keeps it, and a note says carve_test was ignored.
         seed: seed of the carve.
         allow_resize: resize images that are not 48x48 (counted in ``num_resized``)
             instead of failing on them.
@@ -107,16 +113,17 @@ def load_fer2013(path: str | os.PathLike, *, on_error: str = "raise",
     layout = detect_layout(source)
     listing = list_image_folders(source) if layout.kind == "images" else None
     if listing is None:
-        sources = {name: file.read_bytes() for name, file in layout.files.items()}
+        files = list(layout.files.values())
     else:
-        sources = {relative: (source / relative).read_bytes()
-                   for entries in listing.images.values() for relative, _ in entries}
+        files = [layout.root / relative for entries in listing.images.values()
+                 for relative, _ in entries]
+    sources = {layout.relative(file): file.read_bytes() for file in files}
     data = entry = None
     if cache_dir is not None:
-        relative_names = [(_relative(layout, name), raw) for name, raw in sources.items()]
         options = {"kind": layout.kind, "on_error": on_error, "allow_resize": allow_resize,
                    "ignored": listing.ignored if listing else []}
-        entry = cache.cache_path(cache_dir, layout.name, cache.content_key(relative_names, options))
+        key = cache.content_key(sources.items(), options)
+        entry = cache.cache_path(cache_dir, layout.name, key)
         data = cache.load(entry, layout.root, str(source))
     if data is None:
         if listing is None:
@@ -126,7 +133,11 @@ def load_fer2013(path: str | os.PathLike, *, on_error: str = "raise",
         if entry is not None:
             cache.save(entry, data, layout.root)
             data.cache_path = str(entry)
-    if carve_test is not None:
+    if carve_test is not None and "test" in data.splits:
+        # A source with its own test split (a full FER2013 with PrivateTest) keeps it, so one
+        # profile serves both the shared copy and a user's complete data set.
+        data.notes.append("test split read from the source (PrivateTest); carve_test ignored")
+    elif carve_test is not None:
         data = carve_test_split(data, carve_test, seed)
     return data
 
@@ -156,8 +167,9 @@ def detect_layout(source: Path) -> Layout:
                             f"also {split_files[split].name}")
         elif split is not None:
             split_files[split] = entry
-    found = [kind for kind, present in (("fer2013.csv", kaggle_files), ("per-split CSVs", split_files),
-                                        ("image folders", is_image_layout(source))) if present]
+    candidates = (("fer2013.csv", kaggle_files), ("per-split CSVs", split_files),
+                  ("image folders", is_image_layout(source)))
+    found = [kind for kind, present in candidates if present]
     if len(found) != 1 or len(kaggle_files) > 1:
         found_text = " and ".join(found) if found else "none of these"
         raise DataError(str(source), None, f"exactly one of: {LAYOUTS_EXPECTED}", found_text)
@@ -176,7 +188,8 @@ def _read_csvs(layout: Layout, sources: dict[str, bytes], policy: ErrorPolicy,
     rows_read, notes = 0, []
     for name, file in layout.files.items():
         display = str(file)
-        text = decompress_if_gzip(sources[name], display, file.name.lower().endswith(".gz"))
+        raw = sources[layout.relative(file)]
+        text = decompress_if_gzip(raw, display, file.name.lower().endswith(".gz"))
         columns = KAGGLE_COLUMNS if layout.kind == "kaggle" else SPLIT_CSV_COLUMNS
         table = parse_pixel_csv(text, display, columns, policy)
         rows_read += table.rows_read
@@ -192,13 +205,13 @@ def _read_csvs(layout: Layout, sources: dict[str, bytes], policy: ErrorPolicy,
         absent = {split: f"{usage} absent" for usage, split in USAGE_SPLITS.items()}
         convention = KAGGLE_CONVENTION
     else:
-        absent = {split: f"no valid rows in a {split}.csv" for split in SPLITS}
+        absent = {split: f"no {split}.csv, or no valid row in it" for split in SPLITS}
         convention = SPLIT_CSV_CONVENTION
     return _assemble(splits, absent, convention, source, rows_read, policy, notes)
 
 
-def _read_images(layout: Layout, listing, sources: dict[str, bytes], policy: ErrorPolicy,
-                 allow_resize: bool, source: Path) -> FER2013Data:
+def _read_images(layout: Layout, listing: ImageListing, sources: dict[str, bytes],
+                 policy: ErrorPolicy, allow_resize: bool, source: Path) -> FER2013Data:
     """Decode the images of an image-folder layout."""
     splits: dict[str, Split] = {}
     num_resized = 0
@@ -251,9 +264,3 @@ def _assemble(splits: dict[str, Split], absent: dict[str, str], convention: str,
     return FER2013Data(splits=present, class_names=FER2013_CLASSES, split_convention=convention,
                        source=str(source), rows_read=rows_read, skipped=policy.skipped,
                        notes=[*notes, *policy.notes()])
-
-
-def _relative(layout: Layout, name: str) -> str:
-    """The name a source's bytes are hashed under: its path relative to the data root."""
-    file = layout.files.get(name)
-    return file.relative_to(layout.root).as_posix() if file is not None else name

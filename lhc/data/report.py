@@ -65,6 +65,11 @@ def data_report(data) -> dict:
         "notes": list(data.notes),
         "splits": splits,
         "duplicates": _duplicates(data, names),
+        # Rows a reader skipped (on_error="skip") are counted here, never dropped silently.
+        "skipped_rows": [
+            {"file": str(entry.file), "line": entry.line, "reason": entry.reason}
+            for entry in getattr(data, "skipped", [])
+        ],
     }
 
 
@@ -250,7 +255,7 @@ def duplicates_figure(report: dict):
     bars = left.barh(list(overall)[::-1], list(overall.values())[::-1], color="0.45")
     left.bar_label(bars, padding=3, fontsize=9)
     left.set_xlabel("count")
-    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     left.set_title("Exact duplicates, all splits")
     left.margins(x=0.18)
 
