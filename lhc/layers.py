@@ -183,16 +183,20 @@ class LHC(keras.layers.Layer):
         embed_bias = self.embed_bias[None, :, :, None]  # (1, n, d, 1)
         query_embed = ops.matmul(embed_kernel, queries) + embed_bias  # (B, n, d, C)
         key_embed = ops.matmul(embed_kernel, keys) + embed_bias  # (B, n, d, C)
-        scores = ops.matmul(
-            ops.transpose(query_embed, (0, 1, 3, 2)), key_embed
-        )  # (B, n, C, C), eq. 11
 
-        # Dynamic scaling (eqs. 12-14): one sigmoid Dense shared by heads.
-        mean_scores = ops.mean(scores, axis=-1)  # (B, n, C), eq. 12
+        # Dynamic scaling (eqs. 12-14), one sigmoid Dense shared by heads. Both steps avoid
+        # extra passes over the (C, C) scores: the row means of S_h = q~_h k~_h^T are
+        # q~_h times the mean key embedding (eq. 12), and dividing row i of S_h by
+        # d^(g + T_h[i]) (eq. 14) equals scaling query i before the product (eq. 11).
+        mean_key = ops.mean(key_embed, axis=-1, keepdims=True)  # (B, n, d, 1)
+        mean_scores = ops.sum(query_embed * mean_key, axis=-2)  # (B, n, C), eq. 12
         scales = ops.sigmoid(ops.matmul(mean_scores, self.scale_kernel) + self.scale_bias)  # eq. 13
-        # d^-(g + T) = exp(-(g + T) log d); T scales row i of S_h, hence the trailing axis.
+        # d^-(g + T) = exp(-(g + T) log d)
         inverse_temperature = ops.exp(-(self.scale_exponent + scales) * math.log(self.head_dim))
-        normalised = scores * inverse_temperature[..., None]  # (B, n, C, C), eq. 14
+        scaled_query = query_embed * inverse_temperature[:, :, None, :]  # (B, n, d, C)
+        normalised = ops.matmul(
+            ops.transpose(scaled_query, (0, 1, 3, 2)), key_embed
+        )  # (B, n, C, C), eqs. 11 and 14
 
         # Softmax in at least float32 under mixed precision: in bf16 a row of up to 512
         # terms loses its small weights entirely.

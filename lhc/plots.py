@@ -61,3 +61,30 @@ def save_figure(fig, path: str | os.PathLike, formats: tuple[str, ...] = ("png",
             fig.savefig(tmp, format=fmt)
         written.append(target)
     return written
+
+
+def image_rows_figure(rows, title: str):
+    """One row of grey images per entry, e.g. an input batch and its augmented passes.
+
+    Args:
+        rows: mapping of row label -> images ``(N, H, W)`` or ``(N, H, W, C)`` with grey
+            levels in [0, 255] (channel 0 is shown).
+        title: figure title.
+
+    Returns:
+        A matplotlib Figure with ``len(rows)`` rows of ``max(N)`` images.
+    """
+    import matplotlib.pyplot as plt
+
+    apply_style()
+    num_columns = max(len(batch) for batch in rows.values())
+    fig, axes = plt.subplots(len(rows), num_columns, squeeze=False,
+                             figsize=(1.0 * num_columns, 1.1 * len(rows) + 0.4))
+    for row_axes, (label, batch) in zip(axes, rows.items(), strict=True):
+        for ax in row_axes:
+            ax.set_axis_off()
+        for ax, image in zip(row_axes, batch, strict=False):
+            ax.imshow(image[..., 0] if image.ndim == 3 else image, cmap="gray", vmin=0, vmax=255)
+        row_axes[0].set_title(label, loc="left", fontsize=9)
+    fig.suptitle(title)
+    return fig

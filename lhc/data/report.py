@@ -213,7 +213,8 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, class_names, per_class: 
         rows = np.flatnonzero(labels == label)
         chosen = np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False))
         for ax, row in zip(row_axes, chosen, strict=False):
-            ax.imshow(images[row], cmap="gray", vmin=0, vmax=255)
+            ax.imshow(images[row], cmap="gray", vmin=0, vmax=255,
+                      interpolation="nearest")  # pixels as they are, and small files
         for ax in row_axes:
             ax.set_xticks([])
             ax.set_yticks([])

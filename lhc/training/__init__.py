@@ -1,0 +1,46 @@
+"""Training: the paper's four-stage protocol as profiles, resumable runs, sweeps (section 3).
+
+Modules, one job each:
+
+- :mod:`lhc.training.profiles`: profiles (``lhc/profiles/*.yaml``) validated into dataclasses.
+- :mod:`lhc.training.distribute`: ``tf.distribute`` strategies and precision policies.
+- :mod:`lhc.training.checkpoints`: per-epoch checkpoints written atomically, and reading them.
+- :mod:`lhc.training.runner`: :func:`train` and :func:`resume`: run directories, stages, early
+  stopping, the divergence guard, the acceptance rule, ``metrics.json``.
+- :mod:`lhc.training.sweep`: :func:`sweep`, the paper's seed sets A, B and C.
+- :mod:`lhc.training.figures`: learning curves of a run.
+- :mod:`lhc.training.commands`: the ``lhc train`` and ``lhc sweep`` subcommands.
+
+Names are imported lazily, so that ``lhc`` commands that do not train never import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Profile": "profiles",
+    "ProfileError": "profiles",
+    "StageSettings": "profiles",
+    "DataSettings": "profiles",
+    "STAGES": "profiles",
+    "available_profiles": "profiles",
+    "load_profile": "profiles",
+    "train": "runner",
+    "resume": "runner",
+    "acceptance": "runner",
+    "parse_stages": "runner",
+    "read_history": "runner",
+    "sweep": "sweep",
+    "parse_seeds": "sweep",
+    "learning_curves": "figures",
+    "add_cli": "commands",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lhc.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lhc.training.{_EXPORTS[name]}"), name)

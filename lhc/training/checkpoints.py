@@ -1,0 +1,115 @@
+"""Per-epoch checkpoints of one training stage, written so that a kill -9 never corrupts one.
+
+A stage's checkpoint folder holds one sub-folder per kept epoch and a pointer::
+
+    checkpoints/
+      epoch_0003/model.weights.h5   the model's weights after epoch 3
+      epoch_0003/state.npz          optimizer variables and the RNG state (see below)
+      epoch_0003/progress.json      epoch, early-stopping state, history of the stage so far
+      latest.json                   {"epoch": 3, "folder": "epoch_0003"}
+
+Every file is written atomically (:func:`lhc._io.atomic_path`) and the pointer last, so a run
+killed at any moment resumes from the last epoch whose checkpoint is complete. Only the latest
+epoch and the epochs named in ``keep`` (the early-stopping best, whose weights are the ones
+restored at the end of the stage) stay on disk.
+
+The RNG state is what Keras keeps besides the weights: the states of the model's seed
+generators (its dropout layers draw their masks from them). The data pipeline's randomness is
+seeded from (seed, stage, epoch) by the runner, so the epoch number restores it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from lhc._io import atomic_path, write_json
+
+__all__ = ["POINTER", "epoch_folder", "load_checkpoint", "rng_variables", "save_checkpoint"]
+
+POINTER = "latest.json"
+WEIGHTS = "model.weights.h5"
+STATE = "state.npz"
+PROGRESS = "progress.json"
+
+
+def epoch_folder(folder: str | Path, epoch: int) -> Path:
+    """The sub-folder of ``folder`` holding the checkpoint after ``epoch`` (1-based)."""
+    return Path(folder) / f"epoch_{epoch:04d}"
+
+
+def rng_variables(model: keras.Model) -> list:
+    """The model's seed-generator states: the variables Keras tracks beyond its weights."""
+    weight_ids = {id(weight) for weight in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weight_ids]
+
+
+def save_checkpoint(folder: str | Path, epoch: int, model: keras.Model, progress: dict[str, Any],
+                    keep: Collection[int] = ()) -> Path:
+    """Write the checkpoint after ``epoch`` and point ``latest.json`` at it.
+
+    Args:
+        folder: the stage's checkpoint folder.
+        epoch: epochs completed (1-based number of the epoch just finished).
+        model: a compiled model whose optimizer is built.
+        progress: JSON-serialisable state of the stage (early stopping, history).
+        keep: other epochs whose checkpoints must stay (e.g. the best epoch's).
+
+    Returns:
+        The epoch's checkpoint folder.
+    """
+    target = epoch_folder(folder, epoch)
+    with atomic_path(target / WEIGHTS, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    arrays = {f"optimizer_{index:04d}": np.asarray(variable.numpy())
+              for index, variable in enumerate(model.optimizer.variables)}
+    arrays.update({f"rng_{index:04d}": np.asarray(variable.numpy())
+                   for index, variable in enumerate(rng_variables(model))})
+    with atomic_path(target / STATE, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    write_json(target / PROGRESS, {"epoch": epoch, **progress})
+    write_json(Path(folder) / POINTER, {"epoch": epoch, "folder": target.name})
+    wanted = {target.name, *(epoch_folder(folder, kept).name for kept in keep)}
+    for old in Path(folder).glob("epoch_*"):
+        if old.name not in wanted:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(folder: str | Path, model: keras.Model) -> dict[str, Any] | None:
+    """Restore weights, optimizer and RNG state from the latest checkpoint in ``folder``.
+
+    Args:
+        folder: the stage's checkpoint folder.
+        model: the same architecture, compiled, with its optimizer built.
+
+    Returns:
+        The saved progress (``epoch`` and the rest), or None when there is no checkpoint.
+
+    Raises:
+        ValueError: the checkpoint does not fit the model (named file and counts or shapes).
+    """
+    pointer = Path(folder) / POINTER
+    if not pointer.exists():
+        return None
+    target = Path(folder) / json.loads(pointer.read_text())["folder"]
+    model.load_weights(target / WEIGHTS)
+    with np.load(target / STATE) as stored:
+        for prefix, variables in (("optimizer", model.optimizer.variables),
+                                  ("rng", rng_variables(model))):
+            names = sorted(name for name in stored.files if name.startswith(f"{prefix}_"))
+            if len(names) != len(variables):
+                raise ValueError(f"{target / STATE}: {len(names)} {prefix} variables stored, the "
+                                 f"model has {len(variables)}; the checkpoint is of another model")
+            for name, variable in zip(names, variables, strict=True):
+                if tuple(stored[name].shape) != tuple(variable.shape):
+                    raise ValueError(f"{target / STATE}: {name} has shape {stored[name].shape}, "
+                                     f"the model's '{variable.path}' {tuple(variable.shape)}")
+                variable.assign(stored[name])
+    return json.loads((target / PROGRESS).read_text())
