@@ -4,8 +4,11 @@ Modules, one job each:
 
 - :mod:`lhc.layers`: the LHC module (paper equations 1-17).
 - :mod:`lhc.models`: ResNet34v2, LHC-Net, LHC-NetC, block settings and weight transfer.
-- :mod:`lhc.data`: FER2013 readers with strict validation, the synthetic default and the
-  ``tf.data`` pipeline.
+- :mod:`lhc.data`: FER2013 and FER+ readers with strict validation (``lhc.data.load_fer2013``),
+  the synthetic default (``lhc.data.synthetic``), the data report (``lhc.data.report``) and
+  the ``tf.data`` input pipeline (``lhc.data.pipeline``).
+- :mod:`lhc.efficiency`: the L1/G1 efficiency analysis of local against global heads
+  (paper section 2.2, eqs. 21-26).
 - :mod:`lhc.plots`: the one figure style and atomic figure saving.
 - :mod:`lhc.cli`: the ``lhc`` command.
 """

@@ -186,6 +186,7 @@ def _fast_reference(x, weights, num_heads, head_dim):
 # ---------------------------------------------------------------- hand-computed cases
 
 
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")  # C = 1 on purpose
 def test_single_head_single_channel_is_pooled_convolution():
     # C = 1: softmax over one score is 1, so A = v and the output is x + AvgPool3(w x + b).
     layer = LHC(num_heads=1, head_dim=2, pool_size=3, kernel_size=1, dtype="float64")
