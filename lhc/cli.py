@@ -20,7 +20,26 @@ from pathlib import Path
 
 
 def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Import TensorFlow with its start-up log lines hidden from the terminal.
+
+    TF 2.19+ writes them to file descriptor 2 before absl logging exists, so
+    ``TF_CPP_MIN_LOG_LEVEL`` alone does not hide them; level 3 hides the later cuInit error
+    on machines without a GPU. Set ``LHC_TF_LOGS=1`` to see them.
+    """
+    if os.environ.get("LHC_TF_LOGS") == "1":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass  # a backend without TensorFlow (KERAS_BACKEND=jax) has no such logs
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def parameter_table(input_size: int = 224, num_classes: int = 7) -> list[dict]:
@@ -44,6 +63,7 @@ def parameter_table(input_size: int = 224, num_classes: int = 7) -> list[dict]:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
     import numpy as np
 
     from lhc.layers import LHC
@@ -145,9 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_tensorflow()
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input (a DataError names file and line) is the user's to fix: no traceback.
+        print(f"lhc {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

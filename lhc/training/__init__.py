@@ -7,7 +7,7 @@ Modules, one job each:
 - :mod:`lhc.training.checkpoints`: per-epoch checkpoints written atomically, and reading them.
 - :mod:`lhc.training.runner`: :func:`train` and :func:`resume`: run directories, stages, early
   stopping, the divergence guard, the acceptance rule, ``metrics.json``.
-- :mod:`lhc.training.sweep`: :func:`sweep`, the paper's seed sets A, B and C.
+- :mod:`lhc.training.sweeps`: :func:`sweep`, the paper's seed sets A, B and C.
 - :mod:`lhc.training.figures`: learning curves of a run.
 - :mod:`lhc.training.commands`: the ``lhc train`` and ``lhc sweep`` subcommands.
 
@@ -31,8 +31,8 @@ _EXPORTS = {
     "acceptance": "runner",
     "parse_stages": "runner",
     "read_history": "runner",
-    "sweep": "sweep",
-    "parse_seeds": "sweep",
+    "sweep": "sweeps",
+    "parse_seeds": "sweeps",
     "learning_curves": "figures",
     "add_cli": "commands",
 }

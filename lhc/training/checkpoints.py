@@ -3,10 +3,15 @@
 A stage's checkpoint folder holds one sub-folder per kept epoch and a pointer::
 
     checkpoints/
-      epoch_0003/model.weights.h5   the model's weights after epoch 3
-      epoch_0003/state.npz          optimizer variables and the RNG state (see below)
+      epoch_0003/model.weights.h5   the weights after epoch 3, and the optimizer's variables
+      epoch_0003/rng.npz            the RNG state (see below)
       epoch_0003/progress.json      epoch, early-stopping state, history of the stage so far
       latest.json                   {"epoch": 3, "folder": "epoch_0003"}
+
+``model.save_weights`` of a compiled Keras 3 model stores its optimizer's variables (step
+count, moments) beside the weights, and ``load_weights`` restores them into a built optimizer;
+loading checks the restored step count against the one recorded, so that a Keras that stopped
+doing so fails loudly instead of resuming with a fresh optimizer.
 
 Every file is written atomically (:func:`lhc._io.atomic_path`) and the pointer last, so a run
 killed at any moment resumes from the last epoch whose checkpoint is complete. Only the latest
@@ -35,7 +40,7 @@ __all__ = ["POINTER", "epoch_folder", "load_checkpoint", "rng_variables", "save_
 
 POINTER = "latest.json"
 WEIGHTS = "model.weights.h5"
-STATE = "state.npz"
+RNG = "rng.npz"
 PROGRESS = "progress.json"
 
 
@@ -58,7 +63,8 @@ def save_checkpoint(folder: str | Path, epoch: int, model: keras.Model, progress
         folder: the stage's checkpoint folder.
         epoch: epochs completed (1-based number of the epoch just finished).
         model: a compiled model whose optimizer is built.
-        progress: JSON-serialisable state of the stage (early stopping, history).
+        progress: JSON-serialisable state of the stage (early stopping, history); the epoch
+            and the optimizer's step count are added.
         keep: other epochs whose checkpoints must stay (e.g. the best epoch's).
 
     Returns:
@@ -67,13 +73,10 @@ def save_checkpoint(folder: str | Path, epoch: int, model: keras.Model, progress
     target = epoch_folder(folder, epoch)
     with atomic_path(target / WEIGHTS, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
-    arrays = {f"optimizer_{index:04d}": np.asarray(variable.numpy())
-              for index, variable in enumerate(model.optimizer.variables)}
-    arrays.update({f"rng_{index:04d}": np.asarray(variable.numpy())
-                   for index, variable in enumerate(rng_variables(model))})
-    with atomic_path(target / STATE, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
-    write_json(target / PROGRESS, {"epoch": epoch, **progress})
+    with atomic_path(target / RNG, suffix=".npz") as tmp:
+        np.savez(tmp, *[np.asarray(variable.numpy()) for variable in rng_variables(model)])
+    write_json(target / PROGRESS, {**progress, "epoch": epoch,
+                                   "optimizer_steps": _steps(model.optimizer)})
     write_json(Path(folder) / POINTER, {"epoch": epoch, "folder": target.name})
     wanted = {target.name, *(epoch_folder(folder, kept).name for kept in keep)}
     for old in Path(folder).glob("epoch_*"):
@@ -93,23 +96,27 @@ def load_checkpoint(folder: str | Path, model: keras.Model) -> dict[str, Any] | 
         The saved progress (``epoch`` and the rest), or None when there is no checkpoint.
 
     Raises:
-        ValueError: the checkpoint does not fit the model (named file and counts or shapes).
+        ValueError: the checkpoint does not fit the model, or its optimizer state did not load.
     """
     pointer = Path(folder) / POINTER
     if not pointer.exists():
         return None
     target = Path(folder) / json.loads(pointer.read_text())["folder"]
     model.load_weights(target / WEIGHTS)
-    with np.load(target / STATE) as stored:
-        for prefix, variables in (("optimizer", model.optimizer.variables),
-                                  ("rng", rng_variables(model))):
-            names = sorted(name for name in stored.files if name.startswith(f"{prefix}_"))
-            if len(names) != len(variables):
-                raise ValueError(f"{target / STATE}: {len(names)} {prefix} variables stored, the "
-                                 f"model has {len(variables)}; the checkpoint is of another model")
-            for name, variable in zip(names, variables, strict=True):
-                if tuple(stored[name].shape) != tuple(variable.shape):
-                    raise ValueError(f"{target / STATE}: {name} has shape {stored[name].shape}, "
-                                     f"the model's '{variable.path}' {tuple(variable.shape)}")
-                variable.assign(stored[name])
-    return json.loads((target / PROGRESS).read_text())
+    progress = json.loads((target / PROGRESS).read_text())
+    if _steps(model.optimizer) != progress["optimizer_steps"]:
+        raise ValueError(f"{target / WEIGHTS}: the optimizer restored at step "
+                         f"{_steps(model.optimizer)}, the checkpoint was written at step "
+                         f"{progress['optimizer_steps']}; its optimizer state was not restored")
+    variables = rng_variables(model)
+    with np.load(target / RNG) as stored:
+        if len(stored.files) != len(variables):
+            raise ValueError(f"{target / RNG}: {len(stored.files)} RNG states stored, the model "
+                             f"has {len(variables)}; the checkpoint is of another model")
+        for index, variable in enumerate(variables):
+            variable.assign(stored[f"arr_{index}"])
+    return progress
+
+
+def _steps(optimizer) -> int:
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))

@@ -267,6 +267,7 @@ def resume(run_dir: str | Path, verbose: int = 1) -> dict[str, Any]:
 
 def _prepare_run_dir(run_dir: Path, profile: Profile, data_path: str | None,
                      stages: tuple[str, ...], start_from: str | None) -> None:
+    """Check everything a run needs before its folder is written; then write or update it."""
     state_path = run_dir / RUN_STATE
     if state_path.exists():
         stored = load_profile(run_dir / PROFILE_FILE).to_dict()
@@ -284,9 +285,13 @@ def _prepare_run_dir(run_dir: Path, profile: Profile, data_path: str | None,
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ValueError(f"{run_dir} exists and is not a run directory (no {RUN_STATE}); "
                              "choose a new or empty folder")
-        write_text(run_dir / PROFILE_FILE, profile.to_yaml())
+        if data_path is not None and not Path(data_path).exists():
+            raise FileNotFoundError(f"{data_path}: no such FER2013 source")
         state = {"profile": profile.name, "data_path": data_path, "start_from": start_from,
                  "stages": list(stages), "diverged": None}
+    _check_predecessors(run_dir, profile, state)
+    if not (run_dir / PROFILE_FILE).exists():
+        write_text(run_dir / PROFILE_FILE, profile.to_yaml())
     write_json(state_path, state)
 
 
@@ -446,6 +451,7 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
         epoch = 0
     else:
         epoch = progress.pop("epoch")
+        progress.pop("optimizer_steps")
         print(f"{stage} {track}: resuming after epoch {epoch} from {checkpoint_dir}")
 
     images = data.splits
@@ -501,8 +507,11 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
                                  shuffle=False, num_classes=num_classes)
         scores = model.evaluate(test_data, verbose=0, return_dict=True)
         summary.update(test_loss=float(scores["loss"]), test_accuracy=float(scores["accuracy"]))
+    # Saved from an uncompiled copy: a compiled model's file would carry its optimizer too.
+    result = _build(track, profile, num_classes)
+    result.set_weights(model.get_weights())
     with atomic_path(stage_dir / FINAL_WEIGHTS, suffix=".weights.h5") as tmp:
-        model.save_weights(tmp)
+        result.save_weights(tmp)
     summary["wall_seconds"] = round(progress["wall_seconds"] + time.monotonic() - started, 1)
     write_json(stage_dir / SUMMARY_FILE, summary)
     # The final weights are the stage's result; per-epoch checkpoints only served resumption.

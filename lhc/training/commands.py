@@ -1,0 +1,82 @@
+"""The ``lhc train`` and ``lhc sweep`` subcommands, added to the ``lhc`` parser by :func:`add_cli`.
+
+- ``lhc train --profile cpu --data PATH --out runs/NAME [--seed S] [--stages 1-4]
+  [--imagenet-weights FILE] [--start-from RUN_DIR]``; ``lhc train --resume runs/NAME``
+  continues an interrupted run.
+- ``lhc sweep --profile cpu --data PATH --seeds 1-10 --arms A,B [--out DIR] [--base RUN_DIR]``.
+
+TensorFlow is imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_cli"]
+
+
+def add_cli(subparsers) -> None:
+    """Add ``train`` and ``sweep`` to the ``lhc`` command's subparsers.
+
+    Args:
+        subparsers: what ``argparse.ArgumentParser.add_subparsers`` returned.
+    """
+    train = subparsers.add_parser(
+        "train", help="train a profile's stages into a run directory, or resume one",
+        description="Train the paper's protocol (stages 1-4 and C, LHC-NetC) from a profile.")
+    train.add_argument("--profile", help="shipped profile (paper, cpu, smoke) or YAML file")
+    train.add_argument("--data", help="FER2013 source; default: the profile's synthetic data")
+    train.add_argument("--out", help="run directory (default runs/<profile>)")
+    train.add_argument("--seed", type=int, help="override the profile's seed")
+    train.add_argument("--stages", default="all",
+                       help="stages to run: all, 1-4, 1-3, 4,C ... (C is LHC-NetC)")
+    train.add_argument("--imagenet-weights", help="local h5 of ImageNet backbone weights")
+    train.add_argument("--start-from", help="run directory whose finished stages precede these")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run; takes no other option")
+    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                       help="0 silent, 1 progress bars, 2 one line per epoch")
+    train.set_defaults(func=_cmd_train, parser=train)
+
+    sweep = subparsers.add_parser(
+        "sweep", help="the paper's seed sets A/B/C: stage 4 per arm and seed",
+        description="Run stage 4 (and LHC-NetC for arm C) once per arm and seed.")
+    sweep.add_argument("--profile", required=True)
+    sweep.add_argument("--seeds", required=True, help="e.g. 1-10 or 1,3,7")
+    sweep.add_argument("--arms", default="A,B", help="some of A, B, C (default A,B)")
+    sweep.add_argument("--data")
+    sweep.add_argument("--out", help="sweep folder (default runs/sweep-<profile>)")
+    sweep.add_argument("--base", help="run directory with stages 1-3 done (default: train one)")
+    sweep.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    sweep.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lhc.training import resume, train
+
+    if args.resume:
+        given = [name for name in ("profile", "data", "out", "seed", "imagenet_weights",
+                                   "start_from") if getattr(args, name) is not None]
+        if given or args.stages != "all":
+            args.parser.error(f"--resume takes no other option (got {given or ['--stages']}): "
+                              "the run directory holds its profile, data and stages")
+        metrics = resume(args.resume, verbose=args.verbose)
+    else:
+        if args.profile is None:
+            args.parser.error("--profile is required unless --resume is given")
+        metrics = train(args.profile, args.data, out=args.out, seed=args.seed, stages=args.stages,
+                        imagenet_weights=args.imagenet_weights, start_from=args.start_from,
+                        verbose=args.verbose)
+    print(f"{metrics['run']}: {metrics['status']}; metrics in {metrics['run']}/metrics.json")
+    return 0 if metrics["status"] == "complete" else 1
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from lhc.training import sweep
+
+    summary = sweep(args.profile, args.seeds, arms=args.arms.split(","), data_path=args.data,
+                    out=args.out, base=args.base, verbose=args.verbose)
+    for key, run in summary["runs"].items():
+        kept = run["acceptance"]["kept"] if run["acceptance"] else None
+        print(f"{key}: {run['status']}, kept by the acceptance rule: {kept}")
+    return 0

@@ -1,0 +1,237 @@
+"""Fast tests of lhc.training without training: profiles, stage and seed selection, the
+acceptance rule, and the checks a run makes before it writes anything."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from lhc.training import (
+    ProfileError,
+    acceptance,
+    add_cli,
+    available_profiles,
+    load_profile,
+    parse_seeds,
+    parse_stages,
+    train,
+)
+
+SMOKE_TEXT = (resources.files("lhc") / "profiles" / "smoke.yaml").read_text(encoding="utf-8")
+
+# The paper's protocol as REFERENCE.md states it ("Data and training as implemented"; LHC-NetC):
+# stage -> (model, optimizer, learning rate, batch size, patience, augmentation).
+PAPER_STAGES = {
+    "stage1": ("resnet34v2", "adam", 1e-4, 48, 30, "stage1"),
+    "stage2": ("resnet34v2", "sgd", 0.01, 64, 10, "stage2"),
+    "stage3": ("resnet34v2", "sgd", 0.01, 64, 5, "none"),
+    "stage4": ("lhc_net", "sgd", 0.01, 64, 3, "none"),
+    "lhcc": ("lhc_netc", "adam", 1e-4, 32, 1, "none"),
+}
+# The paper's block table (section 3): heads, dim, pool, kernel, scale.
+PAPER_BLOCKS = [(8, 196, 3, 3, 1.0), (8, 196, 3, 3, 1.0), (7, 56, 3, 3, 1.0), (7, 14, 3, 3, 1.0),
+                (1, 25, 3, 3, 1.0)]
+
+
+def write_variant(tmp_path: Path, old: str, new: str, name: str = "variant.yaml"):
+    """The smoke profile with one line's ``old`` replaced by ``new``; returns path and line."""
+    lines = SMOKE_TEXT.splitlines()
+    (index,) = [i for i, line in enumerate(lines) if old in line]
+    lines[index] = lines[index].replace(old, new)
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, index + 1
+
+
+def test_shipped_profiles_load():
+    assert {"paper", "cpu", "smoke"} <= set(available_profiles())
+    for name in ("paper", "cpu", "smoke"):
+        assert load_profile(name).name == name
+
+
+def test_paper_profile_is_the_papers_protocol():
+    profile = load_profile("paper")
+    assert (profile.input_size, profile.mode, profile.precision) == (224, "modular", "float32")
+    assert profile.imagenet_weights is None  # from scratch unless a local file is given
+    assert profile.data.paper_jpeg is True
+    blocks = [(b.num_heads, b.head_dim, b.pool_size, b.kernel_size, b.scale_exponent)
+              for b in profile.resolved_blocks()]
+    assert blocks == PAPER_BLOCKS
+    for stage, (model, optimizer, rate, batch, patience, augmentation) in PAPER_STAGES.items():
+        settings = profile.stages[stage]
+        assert (settings.model, settings.optimizer, settings.batch_size, settings.patience,
+                settings.augmentation, settings.max_epochs) == (
+            model, optimizer, batch, patience, augmentation, 300), stage
+        assert settings.learning_rate == pytest.approx(rate)
+    stage1 = profile.stages["stage1"].make_augmentation()
+    assert (stage1.rotation_degrees, stage1.horizontal_flip, stage1.fill_mode) == (30, True,
+                                                                                   "nearest")
+    stage2 = profile.stages["stage2"].make_augmentation()
+    assert (stage2.rotation_degrees, stage2.width_shift, stage2.height_shift, stage2.zoom,
+            stage2.horizontal_flip) == (10, 0.1, 0.1, 0.1, True)
+    assert profile.stages["stage3"].make_augmentation() is None
+
+
+def test_cpu_and_smoke_profiles_are_small():
+    cpu, smoke = load_profile("cpu"), load_profile("smoke")
+    assert cpu.input_size < 224 and cpu.blocks == "derive" and cpu.precision == "mixed_bfloat16"
+    assert smoke.input_size == 48 and smoke.data.n <= 500
+    assert all(stage.max_epochs <= 2 for stage in smoke.stages.values())
+    # Derived blocks fit the smaller maps: heads divide H*W of each module (12x12 ... 2x2 at 48).
+    maps = [12 * 12, 12 * 12, 6 * 6, 3 * 3, 2 * 2]
+    for area, block in zip(maps, smoke.resolved_blocks(), strict=True):
+        assert area % block.num_heads == 0
+
+
+def test_profile_round_trips_through_yaml(tmp_path):
+    profile = load_profile("smoke")
+    path = tmp_path / "resolved.yaml"
+    path.write_text(profile.to_yaml(), encoding="utf-8")
+    again = load_profile(path)
+    assert again.to_dict() == profile.to_dict()
+    assert again.blocks != "derive"  # the resolved file spells the derived blocks out
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    path, line = write_variant(tmp_path, "batch_size: 48", "batch_sise: 48")
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    message = str(error.value)
+    assert f"{path}, line {line}" in message
+    assert "stages.stage1.batch_sise: unknown key" in message
+
+
+def test_missing_key_names_file_line_and_key(tmp_path):
+    # A missing top-level key points at the profile's first line of content ("name: smoke").
+    first_line = 1 + SMOKE_TEXT.splitlines().index("name: smoke")
+    path, _ = write_variant(tmp_path, "seed: 0", "")
+    with pytest.raises(ProfileError, match=re.escape(
+            f"{path}, line {first_line}: profile: missing key(s) ['seed']")):
+        load_profile(path)
+    # A stage's missing key points at the stage's own line (its settings span two lines).
+    lines = SMOKE_TEXT.splitlines()
+    stage_index = next(i for i, line in enumerate(lines) if line.startswith("  stage3:"))
+    lines[stage_index + 1] = lines[stage_index + 1].replace("patience: 1, ", "")
+    path = tmp_path / "stage.yaml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ProfileError, match=re.escape(
+            f"{path}, line {stage_index + 1}: stages.stage3: missing key(s) ['patience']")):
+        load_profile(path)
+
+
+@pytest.mark.parametrize(("old", "new", "key", "expected"), [
+    ("mode: modular", "mode: hybrid", "mode", "expected one of ['modular', 'standalone']"),
+    ("precision: float32", "precision: float16", "precision", "mixed_bfloat16"),
+    ("strategy: auto", "strategy: horovod", "strategy", "multi_worker"),
+    ("learning_rate: 1.0e-4, batch_size: 48", "learning_rate: 1e-4, batch_size: 48",
+     "stages.stage1.learning_rate", "write 1.0e-4"),
+    ("batch_size: 48", "batch_size: 0", "stages.stage1.batch_size", "integer >= 1"),
+    ("augmentation: stage1", "augmentation: stage9", "stages.stage1.augmentation", "expected one"),
+    ("augmentation: stage1", "augmentation: {rotation_degrees: 400}",
+     "stages.stage1.augmentation", "rotation_degrees"),
+    ("stage4: {model: lhc_net", "stage4: {model: lhc_netc", "stages.stage4.model", "['lhc_net', 'resnet34v2']"),
+    ("input_size: 48", "input_size: 16", "input_size", "integer >= 32"),
+    ("carve_test: null", "carve_test: 1.5", "data.carve_test", "fraction in (0, 1)"),
+])
+def test_bad_values_name_file_line_and_key(tmp_path, old, new, key, expected):
+    path, line = write_variant(tmp_path, old, new)
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}, line {line}: {key}: "), message
+    assert expected in message
+
+
+def test_block_heads_must_divide_the_map(tmp_path):
+    # At 48x48 the third module sees 6x6 = 36 positions: 7 heads do not divide them.
+    block = "{num_heads: %d, head_dim: 8, pool_size: 3, kernel_size: 3, scale_exponent: 1.0}"
+    heads = [8, 8, 7, 1, 1]
+    listing = "\n".join(f"  - {block % n}" for n in heads)
+    path, line = write_variant(tmp_path, "blocks: derive", "blocks:\n" + listing)
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    message = str(error.value)
+    assert f"line {line + 3}: blocks.2.num_heads: 7 heads do not divide H*W = 6x6 = 36" in message
+
+
+def test_unknown_profile_name_lists_shipped_ones():
+    with pytest.raises(ProfileError, match="shipped profiles: .*smoke"):
+        load_profile("no-such-profile")
+
+
+def test_parse_stages():
+    assert parse_stages("all") == ("stage1", "stage2", "stage3", "stage4", "lhcc")
+    assert parse_stages("1-4") == ("stage1", "stage2", "stage3", "stage4")
+    assert parse_stages("4,C") == ("stage4", "lhcc")
+    assert parse_stages("c") == ("lhcc",)
+    assert parse_stages(["stage2", "stage3"]) == ("stage2", "stage3")
+    with pytest.raises(ValueError, match="consecutive"):
+        parse_stages("1,3")
+    with pytest.raises(ValueError, match="unknown stage '5'"):
+        parse_stages("5")
+
+
+def test_parse_seeds():
+    assert parse_seeds("1-4") == [1, 2, 3, 4]
+    assert parse_seeds("1,3,7-8") == [1, 3, 7, 8]
+    assert parse_seeds([5, 6]) == [5, 6]
+    with pytest.raises(ValueError, match="expected ranges"):
+        parse_seeds("3-1")
+
+
+def test_acceptance_rule_with_hand_numbers():
+    # Limit 1.1 x 2.0 = 2.2: 2.2 is kept (at most), 2.25 is not.
+    kept = acceptance(2.0, 2.2)
+    assert kept["kept"] is True and kept["limit"] == pytest.approx(2.2)
+    rejected = acceptance(2.0, 2.25)
+    assert rejected["kept"] is False
+    assert "2.2500 > 1.1 x starting backbone's 2.0000 = 2.2000" in rejected["reason"]
+    assert acceptance(1.0, 0.5)["kept"] is True
+    diverged = acceptance(1.0, float("nan"))
+    assert diverged["kept"] is False and diverged["final_train_loss"] is None
+    assert "diverged" in diverged["reason"]
+    assert acceptance(1.0, float("inf"))["kept"] is False
+
+
+def test_missing_imagenet_weights_fail_before_the_run_starts(tmp_path):
+    missing = tmp_path / "resnet34_imagenet.h5"
+    run_dir = tmp_path / "run"
+    with pytest.raises(FileNotFoundError) as error:
+        train("smoke", out=run_dir, imagenet_weights=missing)
+    assert str(missing) in str(error.value) and "from scratch" in str(error.value)
+    assert not run_dir.exists()
+
+
+def test_stage4_needs_a_trained_backbone(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="stage4 \\(lhc_net\\) starts from stage3's trained "
+                                         "resnet34v2"):
+        train("smoke", out=run_dir, stages="4,C")
+    assert not run_dir.exists()
+
+
+def test_lhcc_after_a_resnet_stage4_is_refused(tmp_path):
+    profile = load_profile("smoke").replace_stage("stage4", model="resnet34v2")
+    with pytest.raises(ValueError, match="stage lhcc trains LHC-NetC from a trained LHC-Net"):
+        train(profile, out=tmp_path / "run", stages="all")
+
+
+def test_cli_options():
+    parser = argparse.ArgumentParser(prog="lhc")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", "--profile", "cpu", "--data", "fer.csv", "--out", "runs/x",
+                              "--seed", "3", "--stages", "1-4"])
+    assert (args.profile, args.data, args.out, args.seed, args.stages) == (
+        "cpu", "fer.csv", "runs/x", 3, "1-4")
+    args = parser.parse_args(["sweep", "--profile", "smoke", "--seeds", "1-10", "--arms", "A,B"])
+    assert (args.seeds, args.arms) == ("1-10", "A,B")
+    args = parser.parse_args(["train", "--resume", "runs/x", "--seed", "1"])
+    with pytest.raises(SystemExit):
+        args.func(args)  # --resume takes no other option
