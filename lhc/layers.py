@@ -29,7 +29,11 @@ import math
 import keras
 from keras import ops
 
-__all__ = ["LHC"]
+__all__ = ["HEAD_LAYOUTS", "LHC"]
+
+# "bands": the paper's local heads, one horizontal band each. "global": the comparison arm of
+# section 2.2, every head sees the whole map (a standard multi-head channel attention).
+HEAD_LAYOUTS = ("bands", "global")
 
 
 @keras.saving.register_keras_serializable(package="lhc")
@@ -48,19 +52,25 @@ class LHC(keras.layers.Layer):
         enabled: ``False`` "switches the module off" (paper section 2.2): the layer returns
             its input unchanged. Weights are still created, so weight transfer and
             ablations work on the same layer.
+        head_layout: ``"bands"`` (the paper: head ``h`` sees the ``h``-th horizontal band of
+            ``H*W/n`` positions) or ``"global"`` (the comparison arm of section 2.2: every
+            head sees all ``H*W`` positions with its own Dense(H*W -> d), and the heads'
+            outputs are averaged). Only ``"bands"`` needs ``n`` to divide ``H*W``.
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Call arguments:
         inputs: tensor of shape ``(B, H, W, C)`` with static ``H``, ``W``, ``C``.
         return_attention: if ``True``, also return a dict with the per-head analysis
             tensors ``weights`` W_h ``(B, n, C, C)`` (eq. 15), ``scales`` T_h
-            ``(B, n, C)`` (eq. 13) and ``head_outputs`` A_h ``(B, n, C, H*W/n)`` (eq. 16).
+            ``(B, n, C)`` (eq. 13) and ``head_outputs`` A_h ``(B, n, C, L)`` (eq. 16), with
+            ``L = H*W/n`` (bands) or ``H*W`` (global).
 
     Returns:
         A tensor of shape ``(B, H, W, C)``; with ``return_attention=True`` a tuple
         ``(output, analysis_dict)``.
 
-    Parameter count: ``n*(H*W/n*d + d) + (C*C + C) + (s*s*C*C + C)`` (+1 with a gate).
+    Parameter count: ``n*(L*d + d) + (C*C + C) + (s*s*C*C + C)`` (+1 with a gate), with
+    ``L = H*W/n`` for bands and ``L = H*W`` for global heads.
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class LHC(keras.layers.Layer):
         scale_exponent=1.0,
         gate_init=None,
         enabled=True,
+        head_layout="bands",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -98,6 +109,12 @@ class LHC(keras.layers.Layer):
         self.scale_exponent = float(scale_exponent)
         self.gate_init = None if gate_init is None else float(gate_init)
         self.enabled = bool(enabled)
+        if head_layout not in HEAD_LAYOUTS:
+            raise ValueError(
+                f"LHC layer '{self.name}': head_layout must be one of {HEAD_LAYOUTS}, "
+                f"got {head_layout!r}."
+            )
+        self.head_layout = head_layout
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -111,14 +128,16 @@ class LHC(keras.layers.Layer):
                 f"LHC layer '{self.name}' needs static positive H, W and C, got "
                 f"H={height}, W={width}, C={channels}."
             )
-        if (height * width) % self.num_heads:
+        if self.head_layout == "bands" and (height * width) % self.num_heads:
             raise ValueError(
                 f"LHC layer '{self.name}': H*W = {height}*{width} = {height * width} is not "
                 f"divisible by num_heads={self.num_heads}; each head needs an equal "
                 f"horizontal band (paper section 2.1)."
             )
         self.height, self.width, self.channels = height, width, channels
-        self.band_size = height * width // self.num_heads  # L = H*W / n
+        # L = H*W / n positions per local head; a global head sees all H*W.
+        local = self.head_layout == "bands"
+        self.band_size = height * width // self.num_heads if local else height * width
         kernel = self.kernel_size
         self.value_kernel = self.add_weight(
             name="value_kernel",
@@ -172,9 +191,11 @@ class LHC(keras.layers.Layer):
         values = ops.average_pool(values + self.value_bias, 3, strides=1, padding="same")  # eq. 3
 
         # SplitHeads (eqs. 4-6), stored transposed: head h holds rows h*L..(h+1)*L-1.
-        queries = ops.reshape(queries, (-1, num_heads, band_size, channels))  # (B, n, L, C)
-        keys = ops.reshape(keys, (-1, num_heads, band_size, channels))  # (B, n, L, C)
-        values = ops.reshape(values, (-1, num_heads, band_size, channels))  # (B, n, L, C)
+        # A global layout keeps one "band", the whole map, which the n heads broadcast over.
+        bands = num_heads if self.head_layout == "bands" else 1
+        queries = ops.reshape(queries, (-1, bands, band_size, channels))  # (B, n or 1, L, C)
+        keys = ops.reshape(keys, (-1, bands, band_size, channels))  # (B, n or 1, L, C)
+        values = ops.reshape(values, (-1, bands, band_size, channels))  # (B, n or 1, L, C)
 
         # Shared per-head embedding of queries and keys (eqs. 9-10), computed transposed,
         # q~_h^T = w_1,h^T q_h^T, as one matmul broadcast over the batch: the big (L, C)
@@ -205,8 +226,13 @@ class LHC(keras.layers.Layer):
         weights = ops.cast(ops.softmax(normalised, axis=-1), values.dtype)  # eq. 15
         # eq. 16 in the transposed layout: A_h^T = v_h^T W_h^T.
         head_outputs = ops.matmul(values, ops.transpose(weights, (0, 1, 3, 2)))  # (B, n, L, C)
+        if self.head_layout == "global":
+            # Full-map heads overlap: their outputs are averaged instead of put side by side.
+            attention = ops.mean(head_outputs, axis=1)  # (B, H*W, C)
+        else:
+            attention = head_outputs
         attention = ops.reshape(
-            head_outputs, (-1, self.height, self.width, channels)
+            attention, (-1, self.height, self.width, channels)
         )  # (B, H, W, C), eq. 17
 
         analysis = None
@@ -229,6 +255,7 @@ class LHC(keras.layers.Layer):
                 "scale_exponent": self.scale_exponent,
                 "gate_init": self.gate_init,
                 "enabled": self.enabled,
+                "head_layout": self.head_layout,
             }
         )
         return config

@@ -55,19 +55,25 @@ def np_split_heads(tensor, num_heads):
     return np.split(flat, num_heads, axis=1)
 
 
+def np_global_heads(tensor, num_heads):
+    """Section 2.2's global arm: every head gets the whole map, (C, H*W)."""
+    return [tensor.reshape(-1, tensor.shape[2]).T] * num_heads
+
+
 def np_lhc(x, weights, num_heads, head_dim, pool_size, scale_exponent, gate=None,
-           pool=np_pool, conv=np_conv_same):
+           pool=np_pool, conv=np_conv_same, global_heads=False):
     """Eqs. 1-17 for one image x (H, W, C); returns output and per-head W, T, A."""
     height, width, channels = x.shape
     queries = pool(x, pool_size, np.mean)  # eq. 1
     keys = pool(x, pool_size, np.max)  # eq. 2
     values = pool(conv(x, weights["value_kernel"], weights["value_bias"]), 3, np.mean)  # eq. 3
+    split = np_global_heads if global_heads else np_split_heads
     heads_out, all_w, all_t = [], [], []
     for h, (q_h, k_h, v_h) in enumerate(
         zip(
-            np_split_heads(queries, num_heads),
-            np_split_heads(keys, num_heads),
-            np_split_heads(values, num_heads),
+            split(queries, num_heads),
+            split(keys, num_heads),
+            split(values, num_heads),
             strict=True,
         )
     ):
@@ -85,7 +91,10 @@ def np_lhc(x, weights, num_heads, head_dim, pool_size, scale_exponent, gate=None
         heads_out.append(w_h @ v_h)  # eq. 16, (C, H*W/n)
         all_w.append(w_h)
         all_t.append(t_h)
-    y = np.concatenate(heads_out, axis=1).T.reshape(height, width, channels)  # eq. 17
+    if global_heads:  # overlapping full-map heads are averaged
+        y = np.mean(heads_out, axis=0).T.reshape(height, width, channels)
+    else:
+        y = np.concatenate(heads_out, axis=1).T.reshape(height, width, channels)  # eq. 17
     factor = 1.0 if gate is None else 1 + math.tanh(gate)
     return x + factor * y, np.stack(all_w), np.stack(all_t), np.stack(heads_out)
 
@@ -131,6 +140,33 @@ def test_matches_numpy_transcription(height, width, channels, num_heads, head_di
                                    atol=1e-10)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(analysis["head_outputs"][b]), ref_a,
                                    atol=1e-10)
+
+
+@pytest.mark.parametrize("height,width,channels,num_heads,head_dim", [(4, 4, 3, 3, 5),
+                                                                      (5, 3, 4, 2, 4)])
+def test_global_head_layout_matches_transcription(height, width, channels, num_heads, head_dim):
+    # (4, 4) with 3 heads: global heads need no divisibility.
+    rng = np.random.default_rng(7)
+    layer = LHC(num_heads, head_dim, head_layout="global", dtype="float64")
+    x = rng.normal(size=(2, height, width, channels))
+    layer.build(x.shape)
+    _randomise(layer, rng)
+    assert tuple(layer.embed_kernel.shape) == (num_heads, height * width, head_dim)
+    out, analysis = layer(x, return_attention=True)
+    weights = _weights_as_numpy(layer)
+    for b in range(2):
+        ref_out, ref_w, _, ref_a = np_lhc(x[b], weights, num_heads, head_dim, 3, 1.0,
+                                          global_heads=True)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out[b]), ref_out, atol=1e-10)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(analysis["weights"][b]), ref_w,
+                                   atol=1e-10)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(analysis["head_outputs"][b]),
+                                   ref_a, atol=1e-10)
+
+
+def test_unknown_head_layout():
+    with pytest.raises(ValueError, match="head_layout must be one of"):
+        LHC(2, 3, head_layout="diagonal")
 
 
 # The five blocks of the paper (section 3 table) at 224x224, batch 2, in float32: the
