@@ -305,6 +305,7 @@ def build_lhc_net(
     variant: str = "lhc",
     blocks: Sequence[LHCBlockSettings | Mapping] | None = None,
     enabled: bool = True,
+    head_layout: str = "bands",
 ) -> keras.Model:
     """LHC-Net (``variant="lhc"``) or LHC-NetC (``"lhcc"``): ResNet34v2 plus 5 LHC modules.
 
@@ -324,6 +325,8 @@ def build_lhc_net(
             ``ValueError``.
         enabled: ``False`` builds every LHC module switched off (identity), e.g. to check
             a weight transfer or for ablations.
+        head_layout: ``"bands"`` (the paper's local heads) or ``"global"`` (every head sees
+            the whole map: the comparison arm of the head-correlation analysis, section 2.2).
 
     Returns:
         A functional ``keras.Model`` named ``lhc_net`` or ``lhc_netc``.
@@ -343,6 +346,7 @@ def build_lhc_net(
             **asdict(LHCBlockSettings.from_value(block)),
             gate_init=gate,
             enabled=enabled,
+            head_layout=head_layout,
             name=f"lhc{index}",
         )
         for index, (position, block, gate) in enumerate(
@@ -350,6 +354,8 @@ def build_lhc_net(
         )
     }
     name = "lhc_net" if variant == "lhc" else "lhc_netc"
+    if head_layout != "bands":
+        name += f"_{head_layout}"
     return _build_backbone_with_head(input_shape, num_classes, modules, name)
 
 

@@ -385,3 +385,17 @@ def test_keras_round_trip_of_small_lhc_net(tmp_path):
     pixels = random_pixels((2, 32, 32, 3), seed=4)
     np.testing.assert_array_equal(np.asarray(restored(pixels)), np.asarray(model(pixels)))
     assert [layer.name for layer in restored.layers] == [layer.name for layer in model.layers]
+
+
+def test_global_head_layout_lhc_net():
+    # Global heads see the whole map: each module's embedding grows from n*(H*W/n)*d to
+    # n*(H*W)*d weights, i.e. by (n - 1)*H*W*d.
+    local = models.build_lhc_net((64, 64, 3), 7)
+    global_arm = models.build_lhc_net((64, 64, 3), 7, head_layout="global")
+    extra = 0
+    for index in range(1, 6):
+        layer = local.get_layer(f"lhc{index}")
+        extra += (layer.num_heads - 1) * layer.height * layer.width * layer.head_dim
+        assert global_arm.get_layer(f"lhc{index}").head_layout == "global"
+    assert global_arm.count_params() - local.count_params() == extra
+    assert global_arm.name == "lhc_net_global"
