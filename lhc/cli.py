@@ -9,6 +9,9 @@ Subcommands:
   Kaggle's ``fer2013.csv`` format.
 - ``lhc data-report PATH [--out DIR] [--carve-test F]``: validate a FER2013 source and write
   its data report (JSON and figures).
+- ``lhc train --profile smoke|cpu|paper [--data PATH] --out runs/NAME [--seed S] [--stages 1-4]``
+  and ``lhc train --resume runs/NAME``; ``lhc sweep --profile ... --seeds 1-10 --arms A,B``
+  (:mod:`lhc.training.commands`).
 """
 
 from __future__ import annotations
@@ -161,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--images", action="store_true",
                         help="also draw a grid of sample faces (off: no images of the data)")
     report.set_defaults(func=_cmd_data_report)
+
+    from lhc.training.commands import add_cli as add_training_commands
+
+    add_training_commands(sub)  # lhc train, lhc sweep
     return parser
 
 

@@ -235,3 +235,10 @@ def test_cli_options():
     args = parser.parse_args(["train", "--resume", "runs/x", "--seed", "1"])
     with pytest.raises(SystemExit):
         args.func(args)  # --resume takes no other option
+
+
+def test_multi_worker_stops_with_the_reason_before_the_run_starts(tmp_path):
+    profile = load_profile("smoke").replace(strategy="multi_worker")
+    with pytest.raises(ValueError, match="keras-team/keras#20585"):
+        train(profile, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

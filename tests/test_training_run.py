@@ -263,3 +263,26 @@ def test_learning_curves_figure(smoke_run, tmp_path):
     np.testing.assert_allclose(validation_accuracy, [row["val_accuracy"] for row in rows])
     written = save_figure(fig, tmp_path / "stage1")
     assert all(path.stat().st_size > 0 for path in written)
+
+
+def test_trained_models_and_data_come_back_from_the_run(smoke_run, tmp_path):
+    from lhc.training import load_run_data, load_trained_model
+
+    run_dir, _ = smoke_run
+    data = load_run_data(run_dir)
+    assert len(data.splits["train"]) == 240  # the smoke profile's 300 rows, 80/10/10
+    model = load_trained_model(run_dir, "4", "lhc_net")
+    stored = h5_arrays(run_dir / "stages" / "stage4" / "lhc_net" / "final.weights.h5")
+    loaded = {tuple(w.shape) for w in model.weights}
+    assert {value.shape for value in stored.values()} <= loaded
+    # The weights really are the stage's: the stored value kernel of lhc1 is among the model's.
+    kernels = [np.asarray(w) for w in model.get_layer("lhc1").weights]
+    assert any(any(np.array_equal(kernel, value) for value in stored.values()) for kernel in kernels)
+    with pytest.raises(FileNotFoundError, match="finished here"):
+        load_trained_model(run_dir, "stage4", "lhc_net_global")
+
+    # The global-heads comparison arm trains as stage 4 from the same backbone.
+    profile = load_profile(run_dir / "profile.yaml").replace_stage("stage4", model="lhc_net_global")
+    train(profile, out=tmp_path / "global", start_from=str(run_dir), stages="4", verbose=0)
+    global_arm = load_trained_model(tmp_path / "global", "stage4", "lhc_net_global")
+    assert global_arm.get_layer("lhc1").head_layout == "global"

@@ -10,6 +10,7 @@ Modules, one job each:
 - :mod:`lhc.training.sweeps`: :func:`sweep`, the paper's seed sets A, B and C.
 - :mod:`lhc.training.figures`: learning curves of a run.
 - :mod:`lhc.training.commands`: the ``lhc train`` and ``lhc sweep`` subcommands.
+- :mod:`lhc.training.artifacts`: a finished run's data and trained models, for analyses.
 
 Names are imported lazily, so that ``lhc`` commands that do not train never import TensorFlow.
 """
@@ -35,6 +36,9 @@ _EXPORTS = {
     "parse_seeds": "sweeps",
     "learning_curves": "figures",
     "add_cli": "commands",
+    "load_run": "artifacts",
+    "load_run_data": "artifacts",
+    "load_trained_model": "artifacts",
 }
 
 __all__ = sorted(_EXPORTS)

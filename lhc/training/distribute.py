@@ -7,15 +7,16 @@ Strategies (profile key ``strategy``):
 - ``mirrored``: ``MirroredStrategy`` over all GPUs, or over all logical CPU devices when there
   is no GPU (split a CPU with ``tf.config.set_logical_device_configuration`` before TensorFlow
   initialises its devices: that is how the tests run it on one machine).
-- ``multi_worker``: ``MultiWorkerMirroredStrategy``. Every worker runs the same ``lhc train``
-  command with the environment variable ``TF_CONFIG`` describing the cluster and its own task,
-  e.g. on worker 0 of two::
+- ``multi_worker``: ``MultiWorkerMirroredStrategy``, where every worker runs the same
+  ``lhc train`` command with the environment variable ``TF_CONFIG`` describing the cluster and
+  its own task, e.g. on worker 0 of two (index 1 on the other host, each with its own ``--out``)::
 
       TF_CONFIG='{"cluster": {"worker": ["host0:12345", "host1:12345"]},
                   "task": {"type": "worker", "index": 0}}'
 
-  (index 1 on the other host). Give every worker its own ``--out`` folder: each writes its
-  own checkpoints; worker 0's run directory is the run of record.
+  Not available yet: Keras 3's ``Model.fit`` fails under this strategy (keras-team/keras#20585,
+  reproduced here with two local workers), so :func:`check_strategy` stops a run before it
+  starts, with that reason.
 - ``tpu``: ``TPUStrategy`` on the TPU found by ``TPUClusterResolver`` (untested here).
 
 The profile's ``batch_size`` is the global batch: a strategy splits it over its replicas.
@@ -29,33 +30,45 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-__all__ = ["jit_compile", "make_strategy", "precision_policy", "make_deterministic"]
+from lhc.training.profiles import STRATEGIES
+
+__all__ = ["check_strategy", "jit_compile", "make_deterministic", "make_strategy",
+           "precision_policy"]
+
+
+def check_strategy(name: str) -> None:
+    """Stop before a run starts when a strategy cannot run here (module docstring)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {list(STRATEGIES)}")
+    if name == "multi_worker":
+        raise ValueError(
+            "strategy multi_worker: Keras 3's Model.fit does not run under "
+            "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585; reproduced here "
+            "with Keras 3.15 and TensorFlow 2.21: fit fails reducing its first distributed "
+            "batch). Use mirrored on one machine until Keras supports it.")
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy for a profile's ``strategy`` value (module docstring).
 
     Args:
-        name: ``auto``, ``none``, ``mirrored``, ``multi_worker`` or ``tpu``.
+        name: ``auto``, ``none``, ``mirrored`` or ``tpu`` (``multi_worker``: see above).
 
     Returns:
         The strategy; build and compile models inside its ``scope()``.
     """
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "none" or (name == "auto" and len(gpus) < 2):
-        return tf.distribute.get_strategy()
-    if name in ("auto", "mirrored"):
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    check_strategy(name)
+    # A TPU must be set up before anything initialises TensorFlow's devices, as listing does.
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"unknown strategy {name!r}; expected auto, none, mirrored, multi_worker "
-                     "or tpu")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "none" or (name == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy()
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([device.name for device in devices])
 
 
 def jit_compile() -> bool | str:

@@ -46,7 +46,13 @@ import numpy as np
 
 from lhc._io import atomic_path, write_json, write_text
 from lhc.training.checkpoints import epoch_folder, load_checkpoint, save_checkpoint
-from lhc.training.distribute import jit_compile, make_deterministic, make_strategy, precision_policy
+from lhc.training.distribute import (
+    check_strategy,
+    jit_compile,
+    make_deterministic,
+    make_strategy,
+    precision_policy,
+)
 from lhc.training.profiles import STAGES, Profile, load_profile
 
 __all__ = ["ACCEPTANCE_FACTOR", "DivergenceGuard", "acceptance", "parse_stages", "read_history",
@@ -57,8 +63,8 @@ ACCEPTANCE_FACTOR = 1.1
 # of a seed sweep then trains and is judged on the same images.
 DATA_SEED = 0
 STAGE_LABELS = {"1": "stage1", "2": "stage2", "3": "stage3", "4": "stage4", "C": "lhcc"}
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
-                   "seconds")
+KERAS_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+HISTORY_COLUMNS = ("epoch", *KERAS_METRICS, "learning_rate", "seconds")
 RUN_STATE = "run.json"
 PROFILE_FILE = "profile.yaml"
 METRICS_FILE = "metrics.json"
@@ -238,9 +244,11 @@ def train(profile: Profile | str, data_path: str | Path | None = None,
         changes["imagenet_weights"] = str(imagenet_weights)
     if changes:
         profile = profile.replace(**changes)
-    _check_imagenet_weights(profile)
-    run_dir = Path(out) if out else Path("runs") / profile.name
     requested = parse_stages(stages)
+    if "stage1" in requested:
+        _check_imagenet_weights(profile)
+    check_strategy(profile.strategy)
+    run_dir = Path(out) if out else Path("runs") / profile.name
     data_path = str(Path(data_path).resolve()) if data_path else None
     start_from = str(Path(start_from).resolve()) if start_from else None
     _prepare_run_dir(run_dir, profile, data_path, requested, start_from)
@@ -381,9 +389,10 @@ def _build(model_name: str, profile: Profile, num_classes: int) -> keras.Model:
 
     if model_name == "resnet34v2":
         return build_resnet34v2(profile.input_size_shape, num_classes)
-    variant = "lhc" if model_name == "lhc_net" else "lhcc"
+    variant = "lhcc" if model_name == "lhc_netc" else "lhc"
+    head_layout = "global" if model_name == "lhc_net_global" else "bands"
     return build_lhc_net(profile.input_size_shape, num_classes, variant=variant,
-                         blocks=profile.resolved_blocks())
+                         blocks=profile.resolved_blocks(), head_layout=head_layout)
 
 
 def _initialised_model(run_dir: Path, profile: Profile, state: dict, stage: str, track: str,
@@ -429,6 +438,7 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
     stage_dir = run_dir / "stages" / stage / track
     checkpoint_dir = stage_dir / "checkpoints"
     if (stage_dir / SUMMARY_FILE).exists():
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # left when killed while finishing
         summary = json.loads((stage_dir / SUMMARY_FILE).read_text())
         print(f"{stage} {track}: already done (val_accuracy {summary['val_accuracy']:.4f})")
         return summary
@@ -454,9 +464,9 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
         progress.pop("optimizer_steps")
         print(f"{stage} {track}: resuming after epoch {epoch} from {checkpoint_dir}")
 
-    images = data.splits
+    splits = data.splits
     augmentation = settings.make_augmentation()
-    val_data = make_dataset(images["val"].images, images["val"].labels,
+    val_data = make_dataset(splits["val"].images, splits["val"].labels,
                             image_size=profile.input_size, batch_size=settings.batch_size,
                             shuffle=False, num_classes=num_classes)
     tensorboard = keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / f"{stage}_{track}"),
@@ -464,7 +474,7 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
     guard = DivergenceGuard()
     while epoch < settings.max_epochs and progress["wait"] < settings.patience:
         train_data = make_dataset(
-            images["train"].images, images["train"].labels, image_size=profile.input_size,
+            splits["train"].images, splits["train"].labels, image_size=profile.input_size,
             batch_size=settings.batch_size, augmentation=augmentation, shuffle=True,
             seed=_derive_seed(profile.seed, stage_number, epoch), num_classes=num_classes,
             paper_jpeg=profile.data.paper_jpeg,
@@ -474,11 +484,11 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
                          epochs=settings.max_epochs, verbose=verbose, shuffle=False,
                          callbacks=[guard, _StopAfterOneEpoch(), tensorboard]).history
         if guard.failure:
-            last_good = epoch_folder(checkpoint_dir, epoch) if epoch else None
+            last_good = str(epoch_folder(checkpoint_dir, epoch)) if epoch else None
             return {"diverged": {"stage": stage, "model": track, "epoch": epoch + 1,
-                                 **guard.failure, "last_good_checkpoint": str(last_good)}}
+                                 **guard.failure, "last_good_checkpoint": last_good}}
         epoch += 1
-        row = {"epoch": epoch, **{key: float(logs[key][-1]) for key in HISTORY_COLUMNS[1:5]},
+        row = {"epoch": epoch, **{key: float(logs[key][-1]) for key in KERAS_METRICS},
                "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
                "seconds": round(time.monotonic() - epoch_started, 3)}
         progress["history"].append(row)
@@ -501,8 +511,8 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
         "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
         "initialised_from": progress["initialised_from"], "settings": dataclasses.asdict(settings),
     }
-    if "test" in images:
-        test_data = make_dataset(images["test"].images, images["test"].labels,
+    if "test" in splits:
+        test_data = make_dataset(splits["test"].images, splits["test"].labels,
                                  image_size=profile.input_size, batch_size=settings.batch_size,
                                  shuffle=False, num_classes=num_classes)
         scores = model.evaluate(test_data, verbose=0, return_dict=True)

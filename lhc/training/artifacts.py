@@ -1,0 +1,76 @@
+"""What a finished run leaves behind, for evaluation and analysis: its data and its models.
+
+A run directory (:mod:`lhc.training.runner`) stores the resolved profile and, per finished
+stage and model, ``final.weights.h5``. The models are rebuilt here from the profile (input size,
+block settings) and loaded with those weights, and the data is read exactly as training read
+it, so analyses never re-type a run's settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+
+from lhc.training.profiles import Profile, load_profile
+from lhc.training.runner import (
+    FINAL_WEIGHTS,
+    PROFILE_FILE,
+    RUN_STATE,
+    STAGE_LABELS,
+    _build,
+    _finished_folder,
+    _load_data,
+)
+
+__all__ = ["load_run", "load_run_data", "load_trained_model"]
+
+
+def load_run(run_dir: str | Path) -> tuple[Profile, dict]:
+    """The run's resolved profile and its state (``run.json``: data path, stages, ...)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_STATE).exists():
+        raise FileNotFoundError(
+            f"{run_dir}: not a run directory (no {RUN_STATE}); create one with e.g. "
+            f"`lhc train --profile smoke --out {run_dir}`")
+    return load_profile(run_dir / PROFILE_FILE), json.loads((run_dir / RUN_STATE).read_text())
+
+
+def load_run_data(run_dir: str | Path):
+    """The run's data set (:class:`lhc.data.FER2013Data`), read as its training read it."""
+    profile, state = load_run(run_dir)
+    return _load_data(profile, state["data_path"], Path(run_dir))
+
+
+def load_trained_model(run_dir: str | Path, stage: str = "stage4", model: str = "lhc_net",
+                       num_classes: int | None = None) -> keras.Model:
+    """Rebuild a stage's model from the run's profile and load its final weights.
+
+    Args:
+        run_dir: the run directory.
+        stage: ``"stage1"``..``"stage4"`` or ``"lhcc"`` (also ``"1"``..``"4"``, ``"C"``).
+        model: ``"resnet34v2"``, ``"lhc_net"`` or ``"lhc_netc"``.
+        num_classes: output classes; by default those of the run's data.
+
+    Returns:
+        The trained ``keras.Model``.
+
+    Raises:
+        FileNotFoundError: the run or that stage's finished model does not exist; the message
+            lists the finished stages and models there are.
+    """
+    run_dir = Path(run_dir)
+    profile, state = load_run(run_dir)
+    stage = STAGE_LABELS.get(stage, stage)
+    folder = _finished_folder(run_dir, state, stage, model)
+    if folder is None:
+        finished = sorted(f"{path.parent.parent.name}/{path.parent.name}"
+                          for path in run_dir.glob(f"stages/*/*/{FINAL_WEIGHTS}"))
+        raise FileNotFoundError(
+            f"{run_dir}: no finished {stage}/{model}; finished here: {finished or 'none'}")
+    if num_classes is None:
+        num_classes = len(load_run_data(run_dir).class_names)
+    trained = _build(model, profile, num_classes)
+    trained.load_weights(folder / FINAL_WEIGHTS)
+    return trained
