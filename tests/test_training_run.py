@@ -286,3 +286,15 @@ def test_trained_models_and_data_come_back_from_the_run(smoke_run, tmp_path):
     train(profile, out=tmp_path / "global", start_from=str(run_dir), stages="4", verbose=0)
     global_arm = load_trained_model(tmp_path / "global", "stage4", "lhc_net_global")
     assert global_arm.get_layer("lhc1").head_layout == "global"
+
+
+def test_stage_table_lists_each_stage_and_model(smoke_run):
+    from lhc.training import stage_table
+
+    _, metrics = smoke_run
+    lines = stage_table(metrics, ("stage3", "stage4", "lhcc")).splitlines()
+    assert lines[0].split()[:2] == ["stage", "model"]
+    assert [line.split()[:2] for line in lines[1:]] == [["stage3", "resnet34v2"],
+                                                        ["stage4", "lhc_net"], ["lhcc", "lhc_netc"]]
+    row = metrics["stages"]["stage4"]["lhc_net"]
+    assert lines[2].split()[5] == f"{row['train_loss']:.4f}"

@@ -35,6 +35,7 @@ _EXPORTS = {
     "sweep": "sweeps",
     "parse_seeds": "sweeps",
     "learning_curves": "figures",
+    "stage_table": "figures",
     "add_cli": "commands",
     "load_run": "artifacts",
     "load_run_data": "artifacts",

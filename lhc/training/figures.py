@@ -1,4 +1,4 @@
-"""Learning curves of a run: loss and accuracy per epoch, training against validation."""
+"""A run at a glance: learning curves (loss and accuracy per epoch) and the per-stage table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,33 @@ import matplotlib.pyplot as plt
 
 from lhc.training.runner import SUMMARY_FILE, read_history
 
-__all__ = ["learning_curves"]
+__all__ = ["learning_curves", "stage_table"]
+
+_TABLE_COLUMNS = (("stage", "<7"), ("model", "<14"), ("epochs", ">6"), ("stopped by", "<11"),
+                  ("best", ">4"), ("train loss", ">10"), ("val acc", ">8"), ("test acc", ">8"),
+                  ("wall s", ">7"))
+
+
+def stage_table(metrics: dict, stages) -> str:
+    """One line per stage and model of ``metrics.json``: epochs, early stopping, losses, time.
+
+    Args:
+        metrics: a run's metrics (what :func:`lhc.training.train` returns).
+        stages: the stages to list, e.g. ``("stage1", "stage2", "stage3")``.
+
+    Returns:
+        A plain-text table with a header line.
+    """
+    lines = [" ".join(f"{name:{spec}}" for name, spec in _TABLE_COLUMNS)]
+    for stage in stages:
+        for model, row in metrics["stages"].get(stage, {}).items():
+            test = f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "-"
+            values = (stage, model, row["epochs_run"], row["stopped_by"], row["best_epoch"],
+                      f"{row['train_loss']:.4f}", f"{row['val_accuracy']:.4f}", test,
+                      f"{row['wall_seconds']:.0f}")
+            lines.append(" ".join(f"{value:{spec}}" for value, (_, spec)
+                                  in zip(values, _TABLE_COLUMNS, strict=True)))
+    return "\n".join(lines)
 
 
 def learning_curves(run_dir: str | os.PathLike, stage: str, models: list[str] | None = None):
