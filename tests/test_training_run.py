@@ -266,7 +266,8 @@ def test_learning_curves_figure(smoke_run, tmp_path):
 
 
 def test_trained_models_and_data_come_back_from_the_run(smoke_run, tmp_path):
-    from lhc.training import load_run_data, load_trained_model
+    from lhc.training import (load_initial_lhc_weights, load_run_data, load_trained_model,
+                              train_global_arm)
 
     run_dir, _ = smoke_run
     data = load_run_data(run_dir)
@@ -281,11 +282,22 @@ def test_trained_models_and_data_come_back_from_the_run(smoke_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="finished here"):
         load_trained_model(run_dir, "stage4", "lhc_net_global")
 
+    # Stage 4 kept its LHC modules' starting weights: one array per layer weight, and not the
+    # trained values (an SGD epoch moved them).
+    initial = load_initial_lhc_weights(run_dir)
+    assert sorted(initial) == [f"lhc{index}" for index in range(1, 6)]
+    assert all(not np.array_equal(a, b) for a, b in
+               zip(initial["lhc1"][:1], model.get_layer("lhc1").get_weights()[:1], strict=True))
+    assert [a.shape for a in initial["lhc3"]] == [tuple(w.shape) for w in
+                                                  model.get_layer("lhc3").weights]
+
     # The global-heads comparison arm trains as stage 4 from the same backbone.
-    profile = load_profile(run_dir / "profile.yaml").replace_stage("stage4", model="lhc_net_global")
-    train(profile, out=tmp_path / "global", start_from=str(run_dir), stages="4", verbose=0)
-    global_arm = load_trained_model(tmp_path / "global", "stage4", "lhc_net_global")
+    arm_dir = train_global_arm(run_dir, verbose=0)
+    assert arm_dir == run_dir / "global_arm"
+    global_arm = load_trained_model(arm_dir, "stage4", "lhc_net_global")
     assert global_arm.get_layer("lhc1").head_layout == "global"
+    summary = json.loads((arm_dir / "stages/stage4/lhc_net_global/summary.json").read_text())
+    assert summary["initialised_from"].startswith(str(run_dir / "stages/stage3/resnet34v2"))
 
 
 def test_stage_table_lists_each_stage_and_model(smoke_run):

@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from lhc.training.profiles import Profile, load_profile
 from lhc.training.runner import (
     FINAL_WEIGHTS,
+    INITIAL_LHC_WEIGHTS,
     PROFILE_FILE,
     RUN_STATE,
     STAGE_LABELS,
@@ -24,7 +26,7 @@ from lhc.training.runner import (
     _load_data,
 )
 
-__all__ = ["load_run", "load_run_data", "load_trained_model"]
+__all__ = ["load_initial_lhc_weights", "load_run", "load_run_data", "load_trained_model"]
 
 
 def load_run(run_dir: str | Path) -> tuple[Profile, dict]:
@@ -41,6 +43,29 @@ def load_run_data(run_dir: str | Path):
     """The run's data set (:class:`lhc.data.FER2013Data`), read as its training read it."""
     profile, state = load_run(run_dir)
     return _load_data(profile, state["data_path"], Path(run_dir))
+
+
+def load_initial_lhc_weights(run_dir: str | Path, stage: str = "stage4",
+                             model: str = "lhc_net") -> dict[str, list[np.ndarray]]:
+    """The LHC modules' weights as the stage started, ``{layer name: [arrays]}``.
+
+    The ablations' "de-train" (paper section 2.2) resets modules to exactly these values.
+
+    Raises:
+        FileNotFoundError: the stage did not keep them (runs made before they were kept).
+    """
+    run_dir = Path(run_dir)
+    _, state = load_run(run_dir)
+    stage = STAGE_LABELS.get(stage, stage)
+    folder = _finished_folder(run_dir, state, stage, model) or run_dir / "stages" / stage / model
+    path = folder / INITIAL_LHC_WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no initial LHC weights kept for {stage}/{model}")
+    with np.load(path) as stored:
+        names = sorted({key.split("/")[0] for key in stored.files})
+        return {name: [stored[f"{name}/{index}"] for index in
+                       range(sum(key.startswith(f"{name}/") for key in stored.files))]
+                for name in names}
 
 
 def load_trained_model(run_dir: str | Path, stage: str = "stage4", model: str = "lhc_net",

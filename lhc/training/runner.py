@@ -10,6 +10,7 @@ A run directory holds everything about one run and survives interruption, even k
         history.csv                     one row per epoch (loss, accuracy, val_*, lr, seconds)
         checkpoints/                    per-epoch checkpoints (lhc.training.checkpoints)
         final.weights.h5                the stage's result: best epoch's weights (when done)
+        initial_lhc_weights.npz         the LHC modules' starting weights (models with LHC)
         summary.json                    the stage's metrics; its presence marks the stage done
       tensorboard/<stage>_<model>/      keras.callbacks.TensorBoard logs
       metrics.json                      everything above summarised, rewritten after each stage
@@ -70,6 +71,7 @@ PROFILE_FILE = "profile.yaml"
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.json"
 FINAL_WEIGHTS = "final.weights.h5"
+INITIAL_LHC_WEIGHTS = "initial_lhc_weights.npz"
 
 
 def parse_stages(spec: str | list | tuple) -> tuple[str, ...]:
@@ -459,6 +461,7 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
         progress = {"best_value": None, "best_epoch": None, "wait": 0, "history": [],
                     "wall_seconds": 0.0, "initialised_from": origin}
         epoch = 0
+        _save_initial_lhc_weights(stage_dir / INITIAL_LHC_WEIGHTS, model)
     else:
         epoch = progress.pop("epoch")
         progress.pop("optimizer_steps")
@@ -532,6 +535,18 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
           f"{summary['val_loss']:.4f}, train_loss {summary['train_loss']:.4f}{test}; "
           f"{summary['wall_seconds']:.0f} s")
     return summary
+
+
+def _save_initial_lhc_weights(path: Path, model: keras.Model) -> None:
+    """Keep the LHC modules' starting weights: the ablations' "de-train" resets to them."""
+    from lhc.layers import LHC
+
+    arrays = {f"{layer.name}/{index}": np.asarray(weight)
+              for layer in model.layers if isinstance(layer, LHC)
+              for index, weight in enumerate(layer.get_weights())}
+    if arrays:
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:

@@ -30,7 +30,7 @@ from lhc._io import write_json
 from lhc.training.profiles import Profile, load_profile
 from lhc.training.runner import SUMMARY_FILE, train
 
-__all__ = ["ARMS", "parse_seeds", "sweep"]
+__all__ = ["ARMS", "GLOBAL_ARM", "parse_seeds", "sweep", "train_global_arm"]
 
 # arm -> (stage 4's model, stages run from the base)
 ARMS = {"A": ("resnet34v2", "4"), "B": ("lhc_net", "4"), "C": ("lhc_net", "4,C")}
@@ -101,3 +101,28 @@ def sweep(profile: Profile | str, seeds: str | Iterable[int], arms: Iterable[str
                "runs": runs}
     write_json(out / "sweep.json", summary)
     return summary
+
+
+GLOBAL_ARM = "global_arm"
+
+
+def train_global_arm(run_dir: str | Path, verbose: int = 1) -> Path:
+    """Train the head-correlation comparison arm beside a finished run (paper section 2.2).
+
+    The arm is LHC-Net with full-map heads (``lhc_net_global``) trained exactly as the run's
+    LHC-Net was: stage 4 with the run's profile, seed and data, from the same stage-3
+    backbone. It lives in ``<run_dir>/global_arm/`` (a run directory of its own, resumable);
+    a finished arm is not trained again.
+
+    Returns:
+        The arm's run directory; load its model with
+        ``load_trained_model(path, "stage4", "lhc_net_global")``.
+    """
+    from lhc.training.artifacts import load_run
+
+    run_dir = Path(run_dir)
+    profile, state = load_run(run_dir)
+    out = run_dir / GLOBAL_ARM
+    train(profile.replace_stage("stage4", model="lhc_net_global"), state["data_path"], out=out,
+          stages="4", start_from=str(run_dir), verbose=verbose)
+    return out

@@ -1,0 +1,230 @@
+"""Tests of lhc.analysis.ablation: switch-off and de-train ablations (paper section 2.2)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from lhc.analysis import ablation  # noqa: E402
+from lhc.data.pipeline import make_dataset  # noqa: E402
+from lhc.layers import LHC  # noqa: E402
+from lhc.models import (  # noqa: E402
+    build_lhc_net,
+    build_resnet34v2,
+    derive_block_settings,
+    transfer_backbone_weights,
+)
+
+SHAPE = (48, 48, 3)
+NAMES = ("lhc1", "lhc2", "lhc3", "lhc4", "lhc5")
+
+
+@pytest.fixture(scope="module")
+def models():
+    """A ResNet34v2 and the LHC-Net built on its weights, as stage 4 starts."""
+    keras.utils.set_random_seed(1)
+    backbone = build_resnet34v2(SHAPE)
+    model = build_lhc_net(SHAPE)
+    transfer_backbone_weights(backbone, model)
+    return backbone, model
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.random.default_rng(0).uniform(0, 255, (6, *SHAPE)).astype("float32")
+
+
+def outputs(model, x):
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def features(model, x):
+    """The pooled backbone features: an untrained net's softmax saturates, these do not."""
+    return outputs(keras.Model(model.input, model.get_layer("pool1").output), x)
+
+
+def hand_initial_weights(model, seed=5):
+    """Initial weights drawn here, of each module's weight shapes, independent of the layer."""
+    rng = np.random.default_rng(seed)
+    return {name: [rng.normal(size=weight.shape).astype("float32")
+                   for weight in model.get_layer(name).weights] for name in NAMES}
+
+
+def test_switching_every_module_off_gives_the_backbone_exactly(models, pixels):
+    backbone, model = models
+    assert not np.allclose(features(model, pixels), features(backbone, pixels))  # modules matter
+    ablated = ablation.ablated_copy(model, NAMES, "switch_off")
+    np.testing.assert_array_equal(features(ablated, pixels), features(backbone, pixels))
+    np.testing.assert_array_equal(outputs(ablated, pixels), outputs(backbone, pixels))
+
+
+def test_switching_none_off_reproduces_the_model_and_leaves_it_unchanged(models, pixels):
+    _, model = models
+    expected = features(model, pixels)
+    copy = ablation.ablated_copy(model, (), "switch_off")
+    np.testing.assert_array_equal(features(copy, pixels), expected)
+    ablation.ablated_copy(model, NAMES[:3], "switch_off")
+    assert all(model.get_layer(name).enabled for name in NAMES)
+    np.testing.assert_array_equal(features(model, pixels), expected)
+
+
+def test_detrain_restores_the_given_initial_weights_exactly(models):
+    _, model = models
+    initial = hand_initial_weights(model)
+    trained = {name: model.get_layer(name).get_weights() for name in NAMES}
+    copy = ablation.ablated_copy(model, ("lhc2", "lhc4"), "detrain", initial_weights=initial)
+    for name in NAMES:
+        expected = initial[name] if name in ("lhc2", "lhc4") else trained[name]
+        for got, want in zip(copy.get_layer(name).get_weights(), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert copy.get_layer(name).enabled
+    for got, want in zip(model.get_layer("lhc2").get_weights(), trained["lhc2"], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_initial_weights_from_a_seed_are_reproducible_and_fresh(models):
+    _, model = models
+    first = ablation.initial_lhc_weights(model, seed=3)
+    again = ablation.initial_lhc_weights(model, seed=3)
+    other = ablation.initial_lhc_weights(model, seed=4)
+    layer = model.get_layer("lhc1")
+    for got, same, different, weight in zip(first["lhc1"], again["lhc1"], other["lhc1"],
+                                            layer.weights, strict=True):
+        assert got.shape == tuple(weight.shape)
+        np.testing.assert_array_equal(got, same)
+        if weight.name.endswith("bias"):
+            np.testing.assert_array_equal(got, 0.0)  # biases start at zero
+        else:
+            assert not np.array_equal(got, different)
+    assert sorted(first) == sorted(NAMES)
+
+
+def test_table_has_every_subset_with_heads_counted_from_the_block_settings(models):
+    _, model = models
+    images = np.random.default_rng(2).integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    rows = ablation.ablate(model, images, np.zeros(2, np.int64), initial_weights=7)
+    heads = {name: block.num_heads for name, block in
+             zip(NAMES, derive_block_settings(SHAPE)[0], strict=True)}
+    all_subsets = {frozenset(s) for size in range(6) for s in itertools.combinations(NAMES, size)}
+    assert len(rows) == 64
+    for mode in ("switch_off", "detrain"):
+        mode_rows = [row for row in rows if row["mode"] == mode]
+        assert len(mode_rows) == 32
+        assert {frozenset(row["modules_off"]) for row in mode_rows} == all_subsets
+        for row in mode_rows:
+            assert row["heads_off"] == sum(heads[name] for name in row["modules_off"])
+            assert row["heads_total"] == sum(heads.values())
+            assert 0.0 <= row["accuracy"] <= 1.0
+
+
+def tiny_model(enabled=(True, True)):
+    """Two LHC modules in a small CNN whose untrained predictions vary from image to image
+    (an untrained LHC-Net's softmax saturates on one class)."""
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv_a")(x)
+    x = LHC(4, 4, enabled=enabled[0], name="lhc_a")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv_b")(x)
+    x = LHC(2, 4, enabled=enabled[1], name="lhc_b")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(7, activation="softmax", name="out")(x))
+
+
+def test_accuracies_match_models_built_by_hand():
+    keras.utils.set_random_seed(3)
+    model = tiny_model()
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (40, 48, 48), dtype=np.uint8)
+    labels = rng.integers(0, 7, 40)
+    ((x, _),) = make_dataset(images, labels, image_size=16, batch_size=40,
+                             shuffle=False).as_numpy_iterator()
+    initial = {name: [rng.normal(size=w.shape).astype("float32")
+                      for w in model.get_layer(name).weights] for name in ("lhc_a", "lhc_b")}
+    rows = ablation.ablate(model, images, labels, initial_weights=initial, batch_size=16)
+
+    expected = {}
+    for off in itertools.product((False, True), repeat=2):
+        subset = frozenset(name for name, o in zip(("lhc_a", "lhc_b"), off, strict=True) if o)
+        switched = tiny_model(enabled=tuple(not o for o in off))
+        switched.set_weights(model.get_weights())
+        detrained = tiny_model()
+        detrained.set_weights(model.get_weights())
+        for name in subset:
+            detrained.get_layer(name).set_weights(initial[name])
+        for mode, hand_built in (("switch_off", switched), ("detrain", detrained)):
+            predicted = np.argmax(outputs(hand_built, x), axis=-1)
+            expected[(mode, subset)] = np.mean(predicted == labels)
+    assert len(set(expected.values())) > 2  # the ablations change predictions
+    assert len(rows) == 8
+    for row in rows:
+        assert row["accuracy"] == pytest.approx(expected[(row["mode"], frozenset(row["modules_off"]))])
+        assert row["heads_off"] == {(): 0, ("lhc_a",): 4, ("lhc_b",): 2}.get(row["modules_off"], 6)
+
+
+def paper_like_rows(tolerance_gap):
+    """Rows for the paper's five modules (8, 8, 7, 7, 1 heads): only lhc1 and lhc2 matter."""
+    heads = dict(zip(NAMES, (8, 8, 7, 7, 1), strict=True))
+    rows = []
+    for subset in ablation.module_subsets(NAMES):
+        needed_kept = "lhc1" not in subset and "lhc2" not in subset
+        rows.append({"mode": "switch_off", "modules_off": subset,
+                     "heads_off": sum(heads[name] for name in subset), "heads_total": 31,
+                     "accuracy": 0.7339 - (0 if needed_kept else tolerance_gap)})
+    return rows
+
+
+def test_smallest_sufficient_subset_finds_the_papers_first_two_modules():
+    result = ablation.smallest_sufficient_subset(paper_like_rows(0.02), "switch_off", 0.005)
+    assert result["modules_kept"] == ("lhc1", "lhc2")
+    assert result["heads_kept"] == 16 and result["heads_total"] == 31
+    # With a tolerance wider than every drop, no module is needed.
+    loose = ablation.smallest_sufficient_subset(paper_like_rows(0.02), "switch_off", 0.05)
+    assert loose["modules_kept"] == () and loose["heads_kept"] == 0
+
+
+def test_module_subsets_are_all_subsets_in_size_order():
+    subsets = ablation.module_subsets(("a", "b", "c"))
+    assert subsets == [(), ("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c"),
+                       ("a", "b", "c")]
+
+
+def test_bad_requests_fail_clearly(models):
+    backbone, model = models
+    images = np.zeros((2, 48, 48), np.uint8)
+    labels = np.zeros(2, np.int64)
+    with pytest.raises(ValueError, match="has no LHC layers"):
+        ablation.ablate(backbone, images, labels, modes=("switch_off",))
+    with pytest.raises(ValueError, match="needs initial_weights"):
+        ablation.ablate(model, images, labels, modes=("detrain",))
+    with pytest.raises(ValueError, match="no LHC module"):
+        ablation.ablated_copy(model, ("lhc9",))
+    with pytest.raises(ValueError, match="modes must be"):
+        ablation.ablate(model, images, labels, modes=("prune",))
+    bad = hand_initial_weights(model)
+    bad["lhc3"] = bad["lhc3"][:-1]
+    with pytest.raises(ValueError, match=r"initial_weights\['lhc3'\]"):
+        ablation.ablated_copy(model, ("lhc3",), "detrain", initial_weights=bad)
+    del bad["lhc3"]
+    with pytest.raises(ValueError, match=r"missing \['lhc3'\]"):
+        ablation.ablated_copy(model, ("lhc3",), "detrain", initial_weights=bad)
+
+
+def test_figures_draw_one_bar_per_combination():
+    import matplotlib.pyplot as plt
+
+    rows = paper_like_rows(0.02)
+    fig = ablation.ablation_figure(rows, "switch_off")
+    assert len(fig.axes[0].patches) == 32
+    plt.close(fig)
+    fig = ablation.ablation_heads_figure(rows)
+    assert len(fig.axes[0].collections[0].get_offsets()) == 32
+    plt.close(fig)
