@@ -266,8 +266,12 @@ def test_learning_curves_figure(smoke_run, tmp_path):
 
 
 def test_trained_models_and_data_come_back_from_the_run(smoke_run, tmp_path):
-    from lhc.training import (load_initial_lhc_weights, load_run_data, load_trained_model,
-                              train_global_arm)
+    from lhc.training import (
+        load_initial_lhc_weights,
+        load_run_data,
+        load_trained_model,
+        train_global_arm,
+    )
 
     run_dir, _ = smoke_run
     data = load_run_data(run_dir)
