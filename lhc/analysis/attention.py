@@ -575,7 +575,8 @@ def temperature_figure(analysis: AttentionAnalysis):
     low, high = ax.get_ylim()
     ticks = [math.log10(step * 10.0 ** power) for power in range(math.floor(low), math.ceil(high))
              for step in (1, 2, 5) if low <= math.log10(step * 10.0 ** power) <= high]
-    ax.set_yticks(ticks)
+    if ticks:  # a span narrower than one 1-2-5 step keeps matplotlib's ticks
+        ax.set_yticks(ticks)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{10 ** value:.4g}"))
     ax.set_ylabel("temperature d^(g+T) (log scale)")
     ax.set_title("Dynamic scaling: effective softmax temperature per module")
