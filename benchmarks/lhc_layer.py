@@ -119,16 +119,20 @@ def make_step(layers):
     return step
 
 
-def time_step(step, inputs, repeats):
-    step(inputs)  # trace + warm up
-    step(inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outputs, grads = step(inputs)
-        _ = [g.numpy() for g in grads[-1:]]  # force completion
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+def time_steps(steps, inputs, repeats):
+    """Median and best seconds of each step, repeats interleaved so load hits all alike."""
+    for step in steps.values():
+        step(inputs)  # trace + warm up
+        step(inputs)
+    times = {name: [] for name in steps}
+    order = list(steps)
+    for repeat in range(repeats):
+        for name in order[repeat % len(order):] + order[:repeat % len(order)]:
+            start = time.perf_counter()
+            _, grads = steps[name](inputs)
+            _ = [g.numpy() for g in grads[-1:]]  # force completion
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(values), min(values)) for name, values in times.items()}
 
 
 def build_blocks(cls, policy, seed):
@@ -164,20 +168,20 @@ def main():
     forward = sum(block_forward_flops(h, w, c, n, d, s) for h, w, c, n, d, _, _, s in PAPER_BLOCKS)
     step_flops = 3 * forward * args.batch
 
-    results, outputs = {}, {}
+    steps, outputs = {}, {}
     for policy in ("float32", "mixed_bfloat16"):
         vectorised = build_blocks(LHC, policy, seed=1)
         looped = build_blocks(LoopLHC, policy, seed=1)
         copy_weights(vectorised, looped)
         for name, layers in (("vectorised", vectorised), ("loop_per_head", looped)):
-            step = make_step(layers)
-            median, best = time_step(step, inputs, args.repeats)
-            results[f"{name}/{policy}"] = {
-                "seconds_median": round(median, 4),
-                "seconds_best": round(best, 4),
-                "gflops_per_s": round(step_flops / median / 1e9, 1),
-            }
-            outputs[(name, policy)] = [np.asarray(tf.cast(o, "float32")) for o in step(inputs)[0]]
+            steps[f"{name}/{policy}"] = make_step(layers)
+            outputs[(name, policy)] = [np.asarray(tf.cast(o, "float32"))
+                                       for o in steps[f"{name}/{policy}"](inputs)[0]]
+    results = {
+        name: {"seconds_median": round(median, 4), "seconds_best": round(best, 4),
+               "gflops_per_s": round(step_flops / median / 1e9, 1)}
+        for name, (median, best) in time_steps(steps, inputs, args.repeats).items()
+    }
 
     baseline = results["loop_per_head/float32"]["seconds_median"]
     for entry in results.values():

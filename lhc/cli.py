@@ -12,14 +12,21 @@ Subcommands:
 - ``lhc train --profile smoke|cpu|paper [--data PATH] --out runs/NAME [--seed S] [--stages 1-4]``
   and ``lhc train --resume runs/NAME``; ``lhc sweep --profile ... --seeds 1-10 --arms A,B``
   (:mod:`lhc.training.commands`).
+- ``lhc evaluate RUN_DIR_OR_MODEL --data PATH [--split] [--tta]`` (:mod:`lhc.evaluate_cli`).
+- ``lhc predict MODEL IMAGE_OR_DIR... [--tta flip] [--out DIR]`` and
+  ``lhc export MODEL --format keras|savedmodel|tflite`` (:mod:`lhc.predict_cli`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
+
+# Commands that never import TensorFlow start faster without the quiet import below.
+TENSORFLOW_FREE_COMMANDS = {"synth", "data-report"}
 
 
 def _quiet_tensorflow() -> None:
@@ -66,7 +73,6 @@ def parameter_table(input_size: int = 224, num_classes: int = 7) -> list[dict]:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()
     import numpy as np
 
     from lhc.layers import LHC
@@ -168,11 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     from lhc.training.commands import add_cli as add_training_commands
 
     add_training_commands(sub)  # lhc train, lhc sweep
+    for module in ("lhc.evaluate_cli", "lhc.predict_cli"):  # lhc evaluate; lhc predict, export
+        importlib.import_module(module).add_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in TENSORFLOW_FREE_COMMANDS:
+        _quiet_tensorflow()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:

@@ -1,0 +1,482 @@
+"""Evaluation: metrics with and without TTA, figures, and the paper's two results tables.
+
+- :func:`metrics_from_probabilities`: accuracy, loss, per-class precision/recall/F1, the
+  confusion matrix and the count of tied top scores, from a score array (a pure function).
+- :func:`evaluate`: a model on a split's 48x48 grey images, without and with a TTA protocol
+  (:mod:`lhc.tta`); :func:`confusion_matrix_figure` and :func:`per_class_figure` draw it.
+- :func:`seed_table`: the paper's table of seed sweeps (section 3, "Results"): Top 40%,
+  Top 40% w/o best, Top 25%, Top 25% w/o best and Best per arm, over the runs the acceptance
+  rule kept, read from a sweep folder (:mod:`lhc.training.sweeps`).
+- :func:`literature_table`: the paper's comparison with the literature, typed from the paper and
+  marked "quoted", with rows measured here inserted in accuracy order; their parameter
+  counts and attention shares are counted from the models.
+
+Definitions:
+
+- ``Top k%`` of an arm with ``N`` kept runs is the mean test accuracy of its best
+  ``ceil(k N / 100)`` runs; ``Top k% w/o best`` is the mean of the same runs but the best one
+  (undefined, None, when that leaves none). The paper gives neither N nor the rounding; its
+  numbers fix only how many runs each mean is over: in the ResNet34v2 row (Top 40% 72.69,
+  w/o best 72.65, Top 25% 72.75, w/o best 72.69, Best 72.81) 4 and 2,
+  ((72.81 + 3 x 72.65) / 4 = 72.69, (72.81 + 72.69) / 2 = 72.75), in the LHC-Net row 5 and 3,
+  in the LHC-NetC row 3 and 2. Rounding up, down or to nearest each fits some N (with
+  rounding up: N = 8, 11 or 12, 6 or 7); rounding up is chosen because it keeps every share
+  defined for any N >= 1.
+- A run is kept when it completed and the acceptance rule recorded in its metrics kept it
+  (:func:`lhc.training.acceptance`: final training loss at most 1.1 x the starting backbone's).
+- Loss is the mean cross-entropy ``-log p[label]`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``
+  (Keras' rule for probabilities; TTA scores are averages of probabilities, so no logits exist).
+  For a saturated softmax Keras' own ``evaluate`` reads the logits and can report more.
+- Predictions are the first arg-max; a row whose top score is reached by more than one class
+  counts as a tie (the original code's ``Check_Unique``). Precision of a class never
+  predicted, and recall of a class with no images, are 0 (scikit-learn's ``zero_division=0``);
+  the normalised confusion matrix divides each true-class row by its count (rows of absent
+  classes stay 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ARMS",
+    "PAPER_LITERATURE",
+    "confusion_matrix_figure",
+    "evaluate",
+    "format_table",
+    "literature_table",
+    "measured_row",
+    "metrics_from_probabilities",
+    "parameter_counts",
+    "per_class_figure",
+    "read_sweep_runs",
+    "seed_table",
+    "split_label",
+    "top_share_mean",
+]
+
+LOSS_EPSILON = 1e-7  # keras.backend.epsilon(): the clip of probabilities in cross-entropy
+
+# Sweep arm -> (the paper's row name, stage and model whose test accuracy the row reads).
+ARMS: Mapping[str, tuple[str, str, str]] = {
+    "A": ("ResNet34v2", "stage4", "resnet34v2"),
+    "B": ("LHC-Net", "stage4", "lhc_net"),
+    "C": ("LHC-NetC", "lhcc", "lhc_netc"),
+}
+# (column, percent, without best), in the paper's order; "best" follows.
+SEED_COLUMNS = (("top40", 40, False), ("top40_without_best", 40, True),
+                ("top25", 25, False), ("top25_without_best", 25, True))
+
+# The paper's literature table (section 3, "Results"), typed as printed: model, reference,
+# accuracy (%), TTA, parameters (millions; None for "-"), attention share (%; None for "-").
+# All on FER2013 PrivateTest. "*": reported in the GitHub repository of the cited paper.
+PAPER_LITERATURE: tuple[tuple, ...] = (
+    ("BoW Repr.", "[2]", 67.48, False, None, None),
+    ("Human", "[2]", 70.00, False, None, None),
+    ("CNN", "[31]", 70.02, False, None, None),
+    ("VGG19", "[35]", 70.80, True, 143.7, None),
+    ("EffNet", "[35]*", 70.80, True, 9.18, None),
+    ("SVM", "[2]", 71.16, False, None, None),
+    ("Inception", "[32]", 71.60, True, 23.85, None),
+    ("Incep.v1", "[35]*", 71.97, True, 5.0, None),
+    ("ResNet34", "[32]", 72.40, True, 27.6, None),
+    ("ResNet34", "[35]", 72.42, True, 27.6, None),
+    ("VGG", "[32]", 72.70, True, 143.7, None),
+    ("SE-Net50", "[33]", 72.70, True, 27.0, 5.18),
+    ("Incep.v3", "[35]*", 72.72, True, 23.85, None),
+    ("ResNet34v2", "paper", 72.81, False, 27.6, None),
+    ("BAMRN50", "[35]*", 73.14, True, 24.07, 1.62),
+    ("Dense121", "[35]", 73.16, True, 8.06, None),
+    ("ResNet50", "[33]", 73.20, True, 25.6, None),
+    ("ResNet152", "[35]", 73.22, True, 60.38, None),
+    ("VGG", "[34]", 73.28, True, 143.7, None),
+    ("CBAMRN50", "[35]", 73.39, True, 28.09, 9.0),
+    ("LHC-Net", "paper", 73.39, False, 32.4, 14.8),
+    ("LHC-NetC", "paper", 73.53, False, 32.4, 14.8),
+    ("ResNet34v2", "paper", 73.92, True, 27.6, None),
+    ("RM-Net", "[35]", 74.14, True, 142.9, 80.7),
+    ("LHC-NetC", "paper", 74.28, True, 32.4, 14.8),
+    ("LHC-Net", "paper", 74.42, True, 32.4, 14.8),
+)
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+def metrics_from_probabilities(probabilities, labels, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, loss, per-class precision/recall/F1, confusion matrix, ties (module docstring).
+
+    Args:
+        probabilities: float ``(N, K)`` scores, one row per image.
+        labels: int ``(N,)`` true classes in ``[0, K)``.
+        class_names: ``K`` names.
+
+    Returns:
+        JSON-ready dict: ``num_images``, ``accuracy``, ``loss``, ``tied_top_scores``,
+        ``class_names``, ``per_class`` (one dict per class: ``class``, ``precision``,
+        ``recall``, ``f1``, ``support``, ``predicted``), ``macro_precision``,
+        ``macro_recall``, ``macro_f1``, ``confusion_matrix`` (counts, rows true, columns
+        predicted) and ``confusion_matrix_normalised`` (rows divided by their counts).
+
+    Raises:
+        ValueError: shapes or labels that do not fit each other.
+    """
+    probabilities = np.asarray(probabilities, dtype="float64")
+    labels = np.asarray(labels)
+    num_classes = len(class_names)
+    if probabilities.ndim != 2 or probabilities.shape[1] != num_classes:
+        raise ValueError(f"probabilities: expected shape (N, {num_classes}) for classes "
+                         f"{list(class_names)}, got {probabilities.shape}")
+    if labels.shape != (len(probabilities),) or len(labels) == 0:
+        raise ValueError(f"labels: expected shape ({len(probabilities)},) matching the "
+                         f"probabilities, and at least one image; got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
+            or labels.max() >= num_classes:
+        raise ValueError(f"labels: expected integers in [0, {num_classes}), got values in "
+                         f"[{labels.min()}, {labels.max()}] of type {labels.dtype}")
+    predicted = np.argmax(probabilities, axis=1)
+    top = probabilities.max(axis=1, keepdims=True)
+    tied = int(np.sum((probabilities == top).sum(axis=1) > 1))
+    true_scores = np.clip(probabilities[np.arange(len(labels)), labels], LOSS_EPSILON,
+                          1 - LOSS_EPSILON)
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    support = counts.sum(axis=1)
+    predicted_counts = counts.sum(axis=0)
+    hits = np.diag(counts)
+    precision = np.divide(hits, predicted_counts, out=np.zeros(num_classes),
+                          where=predicted_counts > 0)
+    recall = np.divide(hits, support, out=np.zeros(num_classes), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes),
+                   where=denominator > 0)
+    normalised = np.divide(counts, support[:, None], out=np.zeros(counts.shape),
+                           where=support[:, None] > 0)
+    return {
+        "num_images": len(labels),
+        "accuracy": float(np.mean(predicted == labels)),
+        "loss": float(np.mean(-np.log(true_scores))),
+        "tied_top_scores": tied,
+        "class_names": list(class_names),
+        "per_class": [{"class": name, "precision": float(precision[k]),
+                       "recall": float(recall[k]), "f1": float(f1[k]),
+                       "support": int(support[k]), "predicted": int(predicted_counts[k])}
+                      for k, name in enumerate(class_names)],
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "confusion_matrix": counts.tolist(),
+        "confusion_matrix_normalised": normalised.tolist(),
+    }
+
+
+def evaluate(model, images, labels, class_names: Sequence[str], *, image_size: int,
+             tta="none", batch_size: int = 64, max_batch: int = 256) -> dict[str, Any]:
+    """A model's metrics on a split, without and (when asked) with test-time augmentation.
+
+    The images go through the training pipeline's preprocessing
+    (:func:`lhc.data.pipeline.make_dataset`: bilinear resize to ``image_size``, three equal
+    channels, pixels in [0, 255]).
+
+    Args:
+        model: a classifier of ``(B, image_size, image_size, 3)`` images.
+        images: uint8 ``(N, H, W)`` grey images (48x48 for FER2013).
+        labels: int ``(N,)`` classes.
+        class_names: one name per model output.
+        image_size: the model's input side (a run's profile gives it).
+        tta: ``"none"``, or a protocol of :mod:`lhc.tta` (name, ``Protocol``, list of dicts).
+        batch_size: images per batch of the pipeline and of the plain prediction.
+        max_batch: the most images per model call under TTA.
+
+    Returns:
+        ``accuracy`` (with TTA when asked, else without), ``tta`` (the protocol, as a dict),
+        ``without_tta`` and ``with_tta`` (:func:`metrics_from_probabilities`; ``with_tta`` is
+        None for ``"none"``).
+    """
+    from lhc.data.pipeline import make_dataset
+    from lhc.tta import TTAPredictor, get_protocol
+
+    protocol = get_protocol(tta)
+    dataset = make_dataset(np.asarray(images), np.asarray(labels), image_size=image_size,
+                           batch_size=batch_size, shuffle=False, num_classes=len(class_names))
+    plain = model.predict(dataset.map(lambda batch, _: batch), verbose=0)
+    result = {"tta": protocol.to_dict(),
+              "without_tta": metrics_from_probabilities(plain, labels, class_names),
+              "with_tta": None}
+    if protocol.name != "none":
+        scores = TTAPredictor(model, protocol, max_batch=max_batch)(dataset)
+        result["with_tta"] = metrics_from_probabilities(scores, labels, class_names)
+    result["accuracy"] = (result["with_tta"] or result["without_tta"])["accuracy"]
+    return result
+
+
+def _variants(result: Mapping) -> list[tuple[str, Mapping]]:
+    variants = [("without TTA", result["without_tta"])]
+    if result.get("with_tta"):
+        variants.append((f"with TTA ({result['tta']['name']})", result["with_tta"]))
+    return variants
+
+
+def confusion_matrix_figure(result: Mapping, title: str = ""):
+    """Heatmaps of the normalised confusion matrix, without and (if present) with TTA.
+
+    Args:
+        result: what :func:`evaluate` returned.
+        title: figure title (e.g. the model and split).
+
+    Returns:
+        A matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from lhc.plots import apply_style
+
+    apply_style()
+    variants = _variants(result)
+    names = variants[0][1]["class_names"]
+    side = 0.55 * len(names) + 1.8
+    fig, axes = plt.subplots(1, len(variants), figsize=(side * len(variants), side),
+                             squeeze=False)
+    for ax, (label, metrics) in zip(axes[0], variants, strict=True):
+        sns.heatmap(np.asarray(metrics["confusion_matrix_normalised"]), ax=ax, vmin=0, vmax=1,
+                    cmap="Blues", annot=True, fmt=".2f", annot_kws={"size": 8}, square=True,
+                    cbar=False, xticklabels=names, yticklabels=names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{label}: accuracy {metrics['accuracy']:.2%}")
+        ax.tick_params(axis="x", rotation=45)
+        ax.tick_params(axis="y", rotation=0)
+    fig.suptitle(title or "Confusion matrix (rows: true class, normalised)")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(result: Mapping, title: str = ""):
+    """Per-class precision, recall and F1 bars, one panel per variant (without/with TTA).
+
+    Args:
+        result: what :func:`evaluate` returned.
+        title: figure title.
+
+    Returns:
+        A matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from lhc.plots import apply_style
+
+    apply_style()
+    variants = _variants(result)
+    fig, axes = plt.subplots(len(variants), 1, figsize=(8, 2.8 * len(variants)), squeeze=False,
+                             sharex=True)
+    measures = ("precision", "recall", "f1")
+    width = 0.8 / len(measures)
+    for ax, (label, metrics) in zip(axes[:, 0], variants, strict=True):
+        rows = metrics["per_class"]
+        positions = np.arange(len(rows))
+        for index, measure in enumerate(measures):
+            ax.bar(positions + (index - 1) * width, [row[measure] for row in rows], width,
+                   label=measure)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("score")
+        ax.set_title(f"{label}: macro F1 {metrics['macro_f1']:.3f}", loc="left")
+        ax.set_xticks(positions, [f"{row['class']}\n(n={row['support']})" for row in rows])
+    axes[0, 0].legend(ncols=3, loc="upper right")
+    fig.suptitle(title or "Per-class precision, recall and F1")
+    fig.tight_layout()
+    return fig
+
+
+# --- the seed table ---------------------------------------------------------------------------
+
+def top_share_mean(accuracies: Iterable[float], percent: float,
+                   without_best: bool = False) -> float | None:
+    """Mean of the best ``ceil(percent N / 100)`` of ``N`` accuracies (module docstring).
+
+    Args:
+        accuracies: one per run.
+        percent: the share, in (0, 100].
+        without_best: leave the best run out of the same set.
+
+    Returns:
+        The mean; None when no run is left (no runs, or one run with ``without_best``).
+    """
+    if not 0 < percent <= 100:
+        raise ValueError(f"percent: expected a share in (0, 100], got {percent!r}")
+    ranked = sorted(accuracies, reverse=True)
+    chosen = ranked[:math.ceil(percent * len(ranked) / 100)]
+    if without_best:
+        chosen = chosen[1:]
+    return float(np.mean(chosen)) if chosen else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}: expected a JSON metrics file "
+                         f"({error.msg})") from None
+
+
+def read_sweep_runs(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One record per run of a sweep folder, from ``<sweep_dir>/metrics/<arm>_seed<k>.json``.
+
+    Args:
+        sweep_dir: the folder :func:`lhc.training.sweep` wrote.
+
+    Returns:
+        Dicts with ``arm``, ``seed``, ``file``, ``status``, ``test_accuracy`` (of the arm's
+        model, :data:`ARMS`; None when the run did not finish it), ``kept`` and ``reason``,
+        sorted by arm and seed.
+
+    Raises:
+        FileNotFoundError: no metrics files there.
+        ValueError: a file that is not a sweep run's metrics, naming the file and key.
+    """
+    files = sorted((Path(sweep_dir) / "metrics").glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"{sweep_dir}: no metrics/*.json; make a sweep with e.g. "
+                                f"`lhc sweep --profile smoke --seeds 1-4 --arms A,B,C --out "
+                                f"{sweep_dir}`")
+    runs = []
+    for path in files:
+        metrics = _read_json(path)
+        for key in ("arm", "seed", "status", "stages"):
+            if key not in metrics:
+                raise ValueError(f"{path}: missing key {key!r}; expected a sweep run's metrics "
+                                 f"(keys arm, seed, status, stages, acceptance)")
+        if metrics["arm"] not in ARMS:
+            raise ValueError(f"{path}: arm: expected one of {', '.join(ARMS)}, "
+                             f"got {metrics['arm']!r}")
+        _, stage, model = ARMS[metrics["arm"]]
+        summary = metrics["stages"].get(stage, {}).get(model)
+        accuracy = None if summary is None else summary.get("test_accuracy")
+        acceptance = metrics.get("acceptance")
+        if metrics["status"] != "complete":
+            kept, reason = False, f"run {metrics['status']}"
+        elif summary is None:
+            kept, reason = False, f"no finished {stage}/{model}"
+        elif accuracy is None:
+            raise ValueError(f"{path}: stages.{stage}.{model} has no test_accuracy: the run's "
+                             "data had no test split (PrivateTest or carve_test)")
+        elif not acceptance:
+            kept, reason = False, "no acceptance record"
+        else:
+            kept, reason = bool(acceptance["kept"]), acceptance["reason"]
+        runs.append({"arm": metrics["arm"], "seed": metrics["seed"], "file": str(path),
+                     "status": metrics["status"], "test_accuracy": accuracy, "kept": kept,
+                     "reason": reason})
+    return sorted(runs, key=lambda run: (run["arm"], run["seed"]))
+
+
+def seed_table(runs: Iterable[Mapping] | str | os.PathLike) -> list[dict[str, Any]]:
+    """The paper's seed table: one row per arm present, over the runs kept.
+
+    Args:
+        runs: records as :func:`read_sweep_runs` returns (``arm``, ``seed``,
+            ``test_accuracy``, ``kept``), or a sweep folder to read them from.
+
+    Returns:
+        Per arm in A, B, C order: ``arm``, ``model``, ``runs``, ``kept``, the four
+        :data:`SEED_COLUMNS` (accuracies in [0, 1], None when undefined) with ``<column>_runs``
+        (how many runs each mean is over), ``best`` and ``best_seed``.
+    """
+    if isinstance(runs, str | os.PathLike):
+        runs = read_sweep_runs(runs)
+    runs = list(runs)
+    rows = []
+    for arm, (model, _, _) in ARMS.items():
+        of_arm = [run for run in runs if run["arm"] == arm]
+        if not of_arm:
+            continue
+        kept = [run for run in of_arm if run["kept"]]
+        accuracies = [run["test_accuracy"] for run in kept]
+        row: dict[str, Any] = {"arm": arm, "model": model, "runs": len(of_arm),
+                               "kept": len(kept)}
+        for column, percent, without_best in SEED_COLUMNS:
+            row[column] = top_share_mean(accuracies, percent, without_best)
+            row[f"{column}_runs"] = max(0, math.ceil(percent * len(kept) / 100) - without_best)
+        best = max(kept, key=lambda run: run["test_accuracy"], default=None)
+        row["best"] = None if best is None else best["test_accuracy"]
+        row["best_seed"] = None if best is None else best["seed"]
+        rows.append(row)
+    return rows
+
+
+# --- the literature table ---------------------------------------------------------------------
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(all parameters, parameters of the model's LHC modules)."""
+    from lhc.layers import LHC
+
+    attention = sum(layer.count_params() for layer in model.layers if isinstance(layer, LHC))
+    return int(model.count_params()), int(attention)
+
+
+def split_label(data, split: str) -> str:
+    """The paper's name of a split of a :class:`lhc.data.FER2013Data`: PublicTest,
+    PrivateTest, or "carved from train" for a test split carved out of the training set."""
+    if split == "test":
+        return "carved from train" if data.test_is_carved else "PrivateTest"
+    return {"val": "PublicTest", "train": "Training"}.get(split, split)
+
+
+def measured_row(name: str, model, accuracy: float, *, tta: str, test_split: str) -> dict:
+    """A row of the literature table measured here, counted from ``model``.
+
+    Args:
+        name: the row's model name (e.g. "LHC-Net (smoke)").
+        model: the evaluated ``keras.Model``: its parameters and LHC share are counted.
+        accuracy: in [0, 1].
+        tta: the TTA protocol's name, ``"none"`` for no TTA.
+        test_split: the split evaluated (:func:`split_label`).
+    """
+    total, attention = parameter_counts(model)
+    return {"model": name, "reference": "", "accuracy": 100 * accuracy,
+            "tta": "no" if tta == "none" else f"yes ({tta})", "params_millions": total / 1e6,
+            "attention_percent": 100 * attention / total if attention else None,
+            "source": "measured here", "test_split": test_split}
+
+
+def literature_table(measured: Iterable[Mapping] = ()) -> list[dict]:
+    """The paper's rows (quoted, PrivateTest) with ``measured`` rows inserted by accuracy.
+
+    Args:
+        measured: rows from :func:`measured_row`.
+
+    Returns:
+        Rows sorted by accuracy, ascending as in the paper; a measured row goes after quoted
+        rows of equal accuracy.
+    """
+    quoted = [{"model": model, "reference": reference, "accuracy": accuracy,
+               "tta": "yes" if tta else "no", "params_millions": params,
+               "attention_percent": attention, "source": "quoted", "test_split": "PrivateTest"}
+              for model, reference, accuracy, tta, params, attention in PAPER_LITERATURE]
+    rows = quoted + [dict(row) for row in measured]
+    return sorted(rows, key=lambda row: (row["accuracy"], row["source"] == "measured here"))
+
+
+def format_table(rows: Sequence[Mapping], columns: Mapping[str, str]) -> str:
+    """A Markdown table of ``rows``; ``columns`` maps a key to its header.
+
+    Values print as they are (give rows in the unit to show), floats with 2 decimals, None
+    as "-".
+    """
+    def cell(value):
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns.values()) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(key)) for key in columns) + " |" for row in rows]
+    return "\n".join(lines)
