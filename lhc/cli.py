@@ -54,7 +54,7 @@ def _quiet_tensorflow() -> None:
 
 def parameter_table(input_size: int = 224, num_classes: int = 7) -> list[dict]:
     """Rows of model name, total and LHC parameters and LHC share, counted from the models."""
-    from lhc.layers import LHC
+    from lhc.evaluation import parameter_counts
     from lhc.models import build_lhc_net, build_resnet34v2
 
     shape = (input_size, input_size, 3)
@@ -65,8 +65,7 @@ def parameter_table(input_size: int = 224, num_classes: int = 7) -> list[dict]:
     }
     rows = []
     for name, model in models.items():
-        total = model.count_params()
-        attention = sum(layer.count_params() for layer in model.layers if isinstance(layer, LHC))
+        total, attention = parameter_counts(model)
         rows.append({"model": name, "params": total, "lhc_params": attention,
                      "lhc_share_percent": round(100 * attention / total, 2), "keras_model": model})
     return rows
