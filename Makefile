@@ -1,5 +1,6 @@
 # Two commands set everything up from a fresh clone:
-#   make run    creates .venv, installs the project, runs the main job on the embedded default
+#   make run    creates .venv, installs the project, runs the notebook sequence on the embedded
+#               default (synthetic data, smoke profile) and writes reports/smoke/report.html
 #   make test   creates .venv, installs the project with its test extras, runs ruff and pytest
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv run test lint bench lab clean
+.PHONY: venv run notebooks test lint bench lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +20,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/lhc summary
+	$(VENV)/bin/lhc run
+
+# Re-execute the notebook sequence with its defaults and store the outputs nbval compares.
+notebooks: $(STAMP)
+	$(PY) -c "from lhc.workbench import refresh_outputs; refresh_outputs()"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lhc tests benchmarks

@@ -13,6 +13,8 @@ Subcommands:
   and ``lhc train --resume runs/NAME``; ``lhc sweep --profile ... --seeds 1-10 --arms A,B``
   (:mod:`lhc.training.commands`).
 - ``lhc evaluate RUN_DIR_OR_MODEL --data PATH [--split] [--tta]`` (:mod:`lhc.evaluate_cli`).
+- ``lhc run [--profile smoke|cpu|paper] [--data PATH] [--out runs/NAME]`` (the notebook
+  sequence, headless) and ``lhc report runs/NAME [--no-images]`` (:mod:`lhc.workbench_cli`).
 - ``lhc predict MODEL IMAGE_OR_DIR... [--tta flip] [--out DIR]`` and
   ``lhc export MODEL --format keras|savedmodel|tflite`` (:mod:`lhc.predict_cli`).
 """
@@ -26,7 +28,7 @@ import sys
 from pathlib import Path
 
 # Commands that never import TensorFlow start faster without the quiet import below.
-TENSORFLOW_FREE_COMMANDS = {"synth", "data-report"}
+TENSORFLOW_FREE_COMMANDS = {"synth", "data-report", "run", "report"}
 
 
 def _quiet_tensorflow() -> None:
@@ -173,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     from lhc.training.commands import add_cli as add_training_commands
 
     add_training_commands(sub)  # lhc train, lhc sweep
-    for module in ("lhc.evaluate_cli", "lhc.predict_cli"):  # lhc evaluate; lhc predict, export
+    # lhc evaluate; lhc predict, export; lhc run, report
+    for module in ("lhc.evaluate_cli", "lhc.predict_cli", "lhc.workbench_cli"):
         importlib.import_module(module).add_cli(sub)
     return parser
 

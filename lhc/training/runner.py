@@ -72,6 +72,8 @@ METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.json"
 FINAL_WEIGHTS = "final.weights.h5"
 INITIAL_LHC_WEIGHTS = "initial_lhc_weights.npz"
+# What the notebook sequence (lhc run) writes into a run directory before training starts.
+WORKBENCH_ENTRIES = {"notebooks", "workbench.json", "data", "cache", "figures", "data_report.json"}
 
 
 def parse_stages(spec: str | list | tuple) -> tuple[str, ...]:
@@ -292,7 +294,8 @@ def _prepare_run_dir(run_dir: Path, profile: Profile, data_path: str | None,
                 raise ValueError(f"{run_dir} was run with {key} {state[key]!r}, not {value!r}")
         state["stages"] = list(stages)
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(entry.name not in WORKBENCH_ENTRIES
+                                    for entry in run_dir.iterdir()):
             raise ValueError(f"{run_dir} exists and is not a run directory (no {RUN_STATE}); "
                              "choose a new or empty folder")
         if data_path is not None and not Path(data_path).exists():

@@ -1,0 +1,66 @@
+"""The ``lhc run`` and ``lhc report`` subcommands, added to the ``lhc`` parser by :func:`add_cli`.
+
+- ``lhc run [--profile smoke|cpu|paper] [--data PATH] [--out runs/NAME] [--only 04,05]
+  [--from 03] [--no-images]``: the notebook sequence (:func:`lhc.workbench.run_sequence`).
+- ``lhc report runs/NAME [--out reports/NAME] [--no-images]``: the HTML report
+  (:func:`lhc.report.build_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_cli"]
+
+
+def add_cli(subparsers) -> None:
+    """Add ``run`` and ``report`` to the ``lhc`` command's subparsers.
+
+    Args:
+        subparsers: what ``argparse.ArgumentParser.add_subparsers`` returned.
+    """
+    run = subparsers.add_parser(
+        "run", help="run the notebook sequence headless (papermill) into a run directory",
+        description="Execute notebooks/NN_*.ipynb in order into RUN_DIR/notebooks/; the last "
+                    "one writes the report to reports/<run name>/.")
+    run.add_argument("--profile", default="smoke",
+                     help="training profile: smoke (default), cpu, paper or a YAML file")
+    run.add_argument("--data", help="FER2013 source; default: the synthetic data set")
+    run.add_argument("--out", help="run directory (default runs/<profile>)")
+    selection = run.add_mutually_exclusive_group()
+    selection.add_argument("--only", help="run only these notebooks, e.g. 04,05 (05 includes 05b)")
+    selection.add_argument("--from", dest="start", help="run from this notebook on, e.g. 03")
+    run.add_argument("--no-images", dest="images", action="store_false",
+                     help="draw and report no figure that shows faces")
+    run.set_defaults(func=_cmd_run)
+
+    report = subparsers.add_parser(
+        "report", help="build the self-contained HTML report of a run",
+        description="Write reports/NAME/report.html (figures embedded) and every figure as PNG "
+                    "and SVG under reports/NAME/figures/.")
+    report.add_argument("run_dir")
+    report.add_argument("--out", help="report folder (default reports/<run name>)")
+    report.add_argument("--no-images", dest="images", action="store_false",
+                        help="leave out every figure that shows faces (for real data)")
+    report.set_defaults(func=_cmd_report)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lhc.workbench import NotebookFailed, run_sequence
+
+    try:
+        run_sequence(args.profile, args.data, out=args.out, only=args.only, start=args.start,
+                     images=args.images)
+    except NotebookFailed as failure:
+        print(f"lhc run: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lhc.report import build_report
+
+    report = build_report(args.run_dir, args.out, images=args.images)
+    print(report.summary())
+    return 0

@@ -1,0 +1,308 @@
+"""The notebook sequence (lhc.workbench, ``lhc run``): selection, parameters, failures.
+
+Most cases execute small notebooks written here (a kernel start is about 2 s); two execute
+the real fast notebooks 07 and 08 with non-default parameters (01 has its own such tests in
+test_notebook_data.py), and one slow case runs the whole sequence through ``lhc run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from lhc.report import FACE_FIGURES
+from lhc.workbench import (
+    NOTEBOOKS_DIR,
+    NotebookFailed,
+    environment_summary,
+    execute_notebook,
+    notebook_sequence,
+    run_sequence,
+    select_notebooks,
+)
+from lhc.workbench_cli import add_cli
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it
+SEQUENCE = [Path(name) for name in ("01_data.ipynb", "02_train_backbone.ipynb", "04_evaluate.ipynb",
+                                    "05_ablation.ipynb", "05b_head_correlation.ipynb",
+                                    "07_efficiency.ipynb")]
+
+
+def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
+    """A python3 notebook with a ``parameters`` cell and the given code cells."""
+    notebook = new_notebook(
+        cells=[new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+               *(new_code_cell(source) for source in cells)],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, path)
+    return path
+
+
+def stdout_of(notebook: Path) -> str:
+    cells = json.loads(notebook.read_text())["cells"]
+    return "".join("".join(output["text"]) for cell in cells for output in cell.get("outputs", [])
+                   if output.get("name") == "stdout")
+
+
+def names(paths: list[Path]) -> list[str]:
+    return [path.stem for path in paths]
+
+
+# --- selection ----------------------------------------------------------------------------
+
+
+def test_select_all_only_and_from():
+    assert select_notebooks(SEQUENCE) == SEQUENCE
+    assert names(select_notebooks(SEQUENCE, only="04,05")) == [
+        "04_evaluate", "05_ablation", "05b_head_correlation"]
+    assert names(select_notebooks(SEQUENCE, only=["05b"])) == ["05b_head_correlation"]
+    assert names(select_notebooks(SEQUENCE, only="07_efficiency, 01")) == [
+        "01_data", "07_efficiency"]
+    assert names(select_notebooks(SEQUENCE, start="05b")) == [
+        "05b_head_correlation", "07_efficiency"]
+    assert names(select_notebooks(SEQUENCE, start="04")) == [
+        "04_evaluate", "05_ablation", "05b_head_correlation", "07_efficiency"]
+
+
+@pytest.mark.parametrize(("only", "start", "message"), [
+    ("03", None, "only: no notebook '03'; the sequence has 01, 02, 04, 05, 05b, 07"),
+    ("04,6", None, "only: no notebook '6'"),
+    (None, "08", "from: no notebook '08'"),
+    ("04", "05", "not both"),
+])
+def test_select_rejects_unknown_keys(only, start, message):
+    with pytest.raises(ValueError, match=message):
+        select_notebooks(SEQUENCE, only=only, start=start)
+
+
+def test_sequence_is_the_numbered_notebooks_in_order(tmp_path):
+    for name in ("05b_b.ipynb", "10_late.ipynb", "01_a.ipynb", "05_a.ipynb", "scratch.ipynb",
+                 ".01_a.running.ipynb", "1_short.ipynb", "02_x.txt"):
+        (tmp_path / name).write_text("{}")
+    assert names(notebook_sequence(tmp_path)) == ["01_a", "05_a", "05b_b", "10_late"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no numbered notebook"):
+        notebook_sequence(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="missing: no notebooks folder"):
+        notebook_sequence(tmp_path / "missing")
+
+
+def test_every_shipped_notebook_declares_run_dir_as_a_plain_scalar():
+    for notebook in notebook_sequence():
+        declared = papermill.inspect_notebook(str(notebook))
+        assert declared["run_dir"]["default"] == '"runs/smoke"', notebook.name
+        for name, parameter in declared.items():
+            # papermill injects tuples and other containers as strings
+            assert parameter["default"][0] not in "([{", f"{notebook.name}: {name}"
+
+
+# --- execution ----------------------------------------------------------------------------
+
+
+def test_only_declared_parameters_are_injected(tmp_path):
+    source = write_notebook(tmp_path / "01_probe.ipynb", 'run_dir = "runs/smoke"\nseed = 0',
+                            "import os\nprint(f'run_dir={run_dir} seed={seed} cwd={os.getcwd()}')")
+    output = tmp_path / "out" / "01_probe.ipynb"
+
+    injected = execute_notebook(source, output, {"run_dir": "elsewhere", "seed": 7,
+                                                 "profile": "cpu", "show_images": False},
+                                cwd=tmp_path / "out")
+
+    assert injected == {"run_dir": "elsewhere", "seed": 7}
+    assert f"run_dir=elsewhere seed=7 cwd={tmp_path / 'out'}\n" == stdout_of(output)
+    assert sorted(path.name for path in output.parent.iterdir()) == ["01_probe.ipynb"]
+
+
+def test_a_notebook_without_run_dir_is_refused(tmp_path):
+    source = write_notebook(tmp_path / "01_probe.ipynb", "seed = 0", "print(seed)")
+    with pytest.raises(ValueError, match="declares no run_dir"):
+        execute_notebook(source, tmp_path / "out.ipynb", {"run_dir": "x"})
+
+
+def test_sequence_stops_at_the_first_failure_and_keeps_the_notebook(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    write_notebook(notebooks / "01_write.ipynb", 'run_dir = "runs/smoke"\nshow_images = True',
+                   "from pathlib import Path\nPath(run_dir).mkdir(parents=True, exist_ok=True)\n"
+                   "(Path(run_dir) / 'marker.txt').write_text(str(show_images))")
+    write_notebook(notebooks / "02_fail.ipynb", 'run_dir = "runs/smoke"',
+                   "print('before the failure')",
+                   "value = 41\nraise ValueError(f'bad value {value}')",
+                   "print('never reached')")
+    write_notebook(notebooks / "03_never.ipynb", 'run_dir = "runs/smoke"', "print('ran')")
+    run_dir = tmp_path / "run"
+    lines = []
+
+    with pytest.raises(NotebookFailed) as failure:
+        run_sequence("smoke", out=run_dir, images=False, notebooks_dir=notebooks, log=lines.append)
+
+    message = str(failure.value)
+    # executed: the parameters cell, papermill's injected one, the print, the raise
+    assert message.startswith("02_fail.ipynb failed in cell In [4] (`value = 41`): "
+                              "ValueError: bad value 41")
+    assert f"partially executed notebook kept: {run_dir / 'notebooks' / '02_fail.ipynb'}" in message
+    assert failure.value.notebook == "02_fail"
+    assert (run_dir / "marker.txt").read_text() == "False"  # images=False -> show_images=False
+    kept = json.loads((run_dir / "notebooks" / "02_fail.ipynb").read_text())
+    errors = [output for cell in kept["cells"] for output in cell.get("outputs", [])
+              if output["output_type"] == "error"]
+    assert [(error["ename"], error["evalue"]) for error in errors] == [("ValueError", "bad value 41")]
+    assert "before the failure" in stdout_of(run_dir / "notebooks" / "02_fail.ipynb")
+    assert "never reached" not in stdout_of(run_dir / "notebooks" / "02_fail.ipynb")
+    assert not (run_dir / "notebooks" / "03_never.ipynb").exists()
+    assert not list((run_dir / "notebooks").glob(".*running*"))
+    manifest = json.loads((run_dir / "workbench.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in manifest["notebooks"]] == [
+        ("01_write", "done"), ("02_fail", "failed")]
+    assert manifest["notebooks"][0]["parameters"] == {"run_dir": str(run_dir),
+                                                      "show_images": False}
+    assert lines[1] == "[1/3] 01_write ..." and lines[2].startswith("[1/3] 01_write done in ")
+    assert lines[3] == "[2/3] 02_fail ..." and len(lines) == 4
+
+    # After a fix, --from 02 runs the rest and keeps 01's record.
+    write_notebook(notebooks / "02_fail.ipynb", 'run_dir = "runs/smoke"', "print('fixed')")
+    run_sequence("smoke", out=run_dir, start="02", notebooks_dir=notebooks, log=lines.append)
+    manifest = json.loads((run_dir / "workbench.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in manifest["notebooks"]] == [
+        ("01_write", "done"), ("02_fail", "done"), ("03_never", "done")]
+    assert stdout_of(run_dir / "notebooks" / "03_never.ipynb") == "ran\n"
+
+
+def test_unknown_profile_fails_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="profile .nonexistent.: neither a shipped profile"):
+        run_sequence("nonexistent", out=tmp_path / "run", notebooks_dir=tmp_path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_environment_summary_reads_this_machine():
+    import numpy
+
+    summary = environment_summary()
+    assert summary["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert summary["packages"]["numpy"] == numpy.__version__
+    assert summary["cpu_cores"] == os.cpu_count()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        assert summary["cpu"] == models[0]
+
+
+# --- the real notebooks with other parameters ----------------------------------------------
+
+
+def test_efficiency_notebook_with_other_parameters(tmp_path):
+    num_heads, hw = 4, 784
+    output = tmp_path / "07.ipynb"
+    execute_notebook(NOTEBOOKS_DIR / "07_efficiency.ipynb", output,
+                     {"run_dir": str(tmp_path / "run"), "num_heads": num_heads, "hw": hw})
+
+    text = stdout_of(output)
+    # Paper section 2.2's worked case d = HW/(2n): the threshold is (n - 1)/(3(n + 1)).
+    threshold = Fraction(num_heads - 1, 3 * (num_heads + 1))
+    assert f"HW = {hw}, n = {num_heads}, d = HW/(2n) = {hw // (2 * num_heads)}\n" in text
+    assert f"k = {threshold} = {float(threshold):.6f}" in text
+    assert sorted(path.name for path in (tmp_path / "run" / "figures").iterdir()) == [
+        "efficiency_l1_vs_g1_ab_map.png", "efficiency_l1_vs_g1_ab_map.svg",
+        "efficiency_threshold_vs_heads_and_dim_ratio.png",
+        "efficiency_threshold_vs_heads_and_dim_ratio.svg"]
+
+
+def test_report_notebook_with_other_parameters(tmp_path):
+    from matplotlib.figure import Figure
+
+    from lhc.plots import save_figure
+
+    run_dir = tmp_path / "my-run"
+    for name in ("data_class_distribution", "data_samples_per_class", "ablation_heads_kept"):
+        fig = Figure(figsize=(2, 2))
+        fig.add_subplot().plot([0, 1], [1, 0])
+        save_figure(fig, run_dir / "figures" / name)
+    output = tmp_path / "08.ipynb"
+
+    execute_notebook(NOTEBOOKS_DIR / "08_report.ipynb", output,
+                     {"run_dir": str(run_dir), "out": str(tmp_path / "report"), "images": False})
+
+    text = stdout_of(output)
+    assert f"report: {tmp_path / 'report' / 'report.html'} (" in text
+    assert "left out (they show faces): data_samples_per_class" in text
+    assert sorted(path.name for path in (tmp_path / "report" / "figures").iterdir()) == [
+        "ablation_heads_kept.png", "ablation_heads_kept.svg",
+        "data_class_distribution.png", "data_class_distribution.svg"]
+
+
+# --- the command line and the whole sequence -------------------------------------------------
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lhc")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_run_options():
+    args = parse("run")
+    assert (args.profile, args.data, args.out, args.only, args.start, args.images) == (
+        "smoke", None, None, None, None, True)
+    args = parse("run", "--profile", "cpu", "--data", "d.csv", "--out", "runs/x", "--from", "03",
+                 "--no-images")
+    assert (args.profile, args.data, args.out, args.start, args.images) == (
+        "cpu", "d.csv", "runs/x", "03", False)
+    with pytest.raises(SystemExit):
+        parse("run", "--only", "04", "--from", "03")
+
+
+@pytest.mark.slow
+def test_lhc_run_whole_sequence_without_images(tmp_path):
+    """``lhc run --out DIR --no-images`` on the smoke default, end to end (about 2.5 minutes)."""
+    script = ("import argparse, sys\nfrom lhc.workbench_cli import add_cli\n"
+              "parser = argparse.ArgumentParser(prog='lhc')\n"
+              "add_cli(parser.add_subparsers(dest='command', required=True))\n"
+              "args = parser.parse_args(sys.argv[1:])\nsys.exit(args.func(args))\n")
+    result = subprocess.run([sys.executable, "-c", script, "run", "--out", "runs/e2e",
+                             "--no-images"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    run_dir = tmp_path / "runs" / "e2e"
+    sequence = notebook_sequence()
+    assert sorted(path.name for path in (run_dir / "notebooks").glob("*.ipynb")) == [
+        path.name for path in sequence]
+    manifest = json.loads((run_dir / "workbench.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in manifest["notebooks"]] == [
+        (path.stem, "done") for path in sequence]
+    for position, path in enumerate(sequence, 1):
+        assert f"[{position}/{len(sequence)}] {path.stem} done in " in result.stdout
+    # the notebooks drew no faces, and the report (in the current directory) shows none
+    figures = {path.stem for path in (run_dir / "figures").glob("*.png")}
+    assert figures and not any(name.startswith(FACE_FIGURES) for name in figures)
+    report = tmp_path / "reports" / "e2e"
+    assert {path.stem for path in (report / "figures").glob("*.png")} == figures
+    html = (report / "report.html").read_text()
+    assert html.count("<img ") == len(figures)
+
+
+def test_run_and_report_never_import_tensorflow_in_this_process(tmp_path):
+    """The kernels import it; the process that drives them stays small and starts fast."""
+    write_notebook(tmp_path / "notebooks" / "01_probe.ipynb", 'run_dir = "runs/smoke"', "print(1)")
+    script = ("import sys\nfrom lhc.workbench import run_sequence\nfrom lhc.report import build_report\n"
+              f"run_sequence('smoke', out={str(tmp_path / 'run')!r}, "
+              f"notebooks_dir={str(tmp_path / 'notebooks')!r}, log=lambda line: None)\n"
+              f"build_report({str(tmp_path / 'run')!r}, {str(tmp_path / 'report')!r})\n"
+              "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == "[]\n"
+    assert (tmp_path / "report" / "report.html").is_file()
