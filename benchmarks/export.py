@@ -15,9 +15,7 @@ Usage: python benchmarks/export.py [--input-size 224] [--model RUN_DIR_OR_KERAS]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,9 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from _report import emit  # noqa: E402  (sibling module: one report format)
 
-from lhc._io import write_text  # noqa: E402
 from lhc.export import TFLiteModel, export_model, load_model, tflite_bytes  # noqa: E402
 from lhc.models import build_lhc_net  # noqa: E402
 
@@ -97,14 +94,8 @@ def main():
         "tflite_speedup": round(medians["keras"] / medians["tflite"], 2),
         "tflite_convert_seconds": round(convert_seconds, 1),
         "tflite_threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "tensorflow": tf.__version__, "keras": keras.__version__,
-                    "gpus": len(tf.config.list_physical_devices("GPU"))},
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        write_text(args.out, text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ Usage: python benchmarks/lhc_layer.py [--batch 16] [--repeats 5] [--out FILE]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -32,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _report import emit  # noqa: E402  (sibling module: one report format)
 from keras import ops  # noqa: E402
 
 from lhc.layers import LHC  # noqa: E402
@@ -203,16 +202,8 @@ def main():
                                             for o in outputs[("vectorised", "float32")])),
         "targets": {"float32_vectorised_vs_loop": ">= 1.0x", "bf16_vectorised_vs_float32_loop":
                     ">= 2.0x"},
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "tensorflow": tf.__version__,
-                    "keras": keras.__version__},
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        from lhc._io import write_text
-
-        write_text(args.out, text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ Usage: python benchmarks/overhead.py [--dtype float32|mixed_bfloat16] [--repeats
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -26,10 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _report import emit  # noqa: E402  (sibling module: one report format)
 from lhc_layer import block_forward_flops  # noqa: E402  (sibling script: one FLOP count)
 
 from lhc import models  # noqa: E402
-from lhc._io import write_text  # noqa: E402
 from lhc.layers import LHC  # noqa: E402
 
 INPUT_SHAPE = (224, 224, 3)
@@ -121,16 +119,10 @@ def main():
         "ratio_lhc_net_over_resnet34v2": round(ratio, 3),
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio <= TARGET_RATIO,
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "keras": keras.__version__,
-                    "backend": keras.backend.backend()},
     }
     if args.profile:
         report["per_block"] = profile_blocks(args.batch, args.repeats)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        write_text(args.out, text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,14 @@ Usage: python benchmarks/pipeline.py [--sizes 48 224] [--batch 64] [--out FILE]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from _report import emit  # noqa: E402  (sibling module: one report format)
 
 from lhc.data.pipeline import STAGE_AUGMENTATION, make_dataset  # noqa: E402
 from lhc.models import build_resnet34v2  # noqa: E402
@@ -90,16 +88,8 @@ def main():
         "batch": args.batch,
         "target_ratio": TARGET_RATIO,
         "results": results,
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
-                    "tensorflow": tf.__version__, "keras": keras.__version__},
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        from lhc._io import write_text
-
-        write_text(args.out, text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

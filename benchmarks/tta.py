@@ -24,9 +24,7 @@ Usage: python benchmarks/tta.py [--size 64] [--images 8] [--protocol reference]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -34,9 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _report import emit  # noqa: E402  (sibling module: one report format)
 
 from lhc import models, tta  # noqa: E402
-from lhc._io import write_text  # noqa: E402
 
 TARGET_SPEEDUP = 5.0
 TARGET_MAX_DIFFERENCE = 1e-5
@@ -127,15 +125,8 @@ def main():
         "batched_repeat_max_abs_difference": repeat_difference,
         "score_range": [float(scores["batched"].min()), float(scores["batched"].max())],
         "meets_targets": speedup >= TARGET_SPEEDUP and difference <= TARGET_MAX_DIFFERENCE,
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "keras": keras.__version__,
-                    "backend": keras.backend.backend(),
-                    "accelerators": _accelerators()},
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        write_text(args.out, text + "\n")
+    emit(report, args.out)
 
 
 def full_float32_products() -> None:
