@@ -228,3 +228,21 @@ def test_figures_draw_one_bar_per_combination():
     fig = ablation.ablation_heads_figure(rows)
     assert len(fig.axes[0].collections[0].get_offsets()) == 32
     plt.close(fig)
+
+
+def test_heatmap_places_each_accuracy_in_its_mode_and_combination():
+    import matplotlib.pyplot as plt
+
+    rows = paper_like_rows(0.02)
+    rows += [{**row, "mode": "detrain", "accuracy": row["accuracy"] - 0.1} for row in rows]
+    fig = ablation.ablation_heatmap(rows)
+    matrix = fig.axes[0].images[0].get_array()
+    assert matrix.shape == (2, 32)
+    subsets = ablation.module_subsets(NAMES)
+    for row in rows:
+        mode_index = ablation.ABLATION_MODES.index(row["mode"])
+        column = subsets.index(tuple(row["modules_off"]))
+        assert matrix[mode_index, column] == pytest.approx(row["accuracy"])
+    labels = [tick.get_text() for tick in fig.axes[0].get_xticklabels()]
+    assert labels[0] == "-" and labels[-1] == "12345" and "12" in labels
+    plt.close(fig)

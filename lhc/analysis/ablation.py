@@ -35,6 +35,7 @@ __all__ = [
     "ablate",
     "ablated_copy",
     "ablation_figure",
+    "ablation_heatmap",
     "ablation_heads_figure",
     "initial_lhc_weights",
     "lhc_modules",
@@ -399,4 +400,42 @@ def ablation_heads_figure(rows: Sequence[dict], tolerance: float = 0.005):
     ax.set_ylabel("accuracy")
     ax.set_title("Ablations: accuracy against heads kept")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    return fig
+
+
+def ablation_heatmap(rows: Sequence[dict]):
+    """Heatmap of accuracy: one row per mode, one column per combination of ablated modules.
+
+    Columns follow :func:`module_subsets` (by number of modules, then module order) and are
+    labelled with the ablated modules' numbers ("-" for none), so both modes of one
+    combination sit in one column.
+
+    Args:
+        rows: the table of :func:`ablate`.
+
+    Returns:
+        A matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from lhc.plots import apply_style
+
+    apply_style()
+    modes = [mode for mode in ABLATION_MODES if any(row["mode"] == mode for row in rows)]
+    if not modes:
+        raise ValueError("rows hold no ablation combination")
+    names = _module_order(rows)
+    subsets = module_subsets(names)
+    accuracy = {(row["mode"], tuple(row["modules_off"])): row["accuracy"] for row in rows}
+    matrix = np.array([[accuracy.get((mode, subset), np.nan) for subset in subsets]
+                       for mode in modes])  # (modes, combinations)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.34 * len(subsets) + 2), 1.1 + 0.7 * len(modes)))
+    image = ax.imshow(matrix, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(modes)), [mode.replace("_", " ") for mode in modes])
+    labels = ["".join(name.removeprefix("lhc") for name in subset) or "-" for subset in subsets]
+    ax.set_xticks(range(len(subsets)), labels, rotation=90, fontsize=8)
+    ax.set_xlabel("modules ablated (numbers of lhc1..lhc5)")
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label="accuracy", pad=0.01)
+    ax.set_title("Accuracy after ablating each combination of LHC modules")
     return fig
