@@ -32,6 +32,15 @@ def run_notebook(tmp_path: Path, **parameters) -> Path:
     return run_dir
 
 
+def smoke_variant(tmp_path: Path, old: str, new: str) -> str:
+    """The shipped smoke profile with one line changed, as a YAML file; returns its path."""
+    text = (Path(__file__).resolve().parents[1] / "lhc" / "profiles" / "smoke.yaml").read_text()
+    assert old in text
+    path = tmp_path / "profile.yaml"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
 def figure_stems(run_dir: Path) -> dict[str, set[str]]:
     """Figure name -> the formats written for it."""
     formats: dict[str, set[str]] = {}
@@ -50,10 +59,12 @@ def assert_figures(run_dir: Path, expected: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("show_images", [True, False])
 def test_synthetic_default_with_other_parameters(tmp_path, show_images):
     synthetic_n = 400
-    run_dir = run_notebook(tmp_path, seed=3, synthetic_n=synthetic_n, samples_per_class=3,
+    profile = smoke_variant(tmp_path, "  n: 300 ", f"  n: {synthetic_n} ")
+    run_dir = run_notebook(tmp_path, profile=profile, seed=3, samples_per_class=3,
                            image_size=64, show_images=show_images)
 
-    assert (run_dir / "data" / "synthetic_fer2013.csv.gz").is_file()
+    # The very file the profile's training reads (lhc.training.runner names it so).
+    assert (run_dir / "data" / f"synthetic_n{synthetic_n}_seed0.csv.gz").is_file()
     report = json.loads((run_dir / "data_report.json").read_text())
     rows = {name: split["rows"] for name, split in report["splits"].items()}
     assert sum(rows.values()) == synthetic_n
@@ -82,7 +93,8 @@ def test_kaggle_csv_without_private_test_is_carved(tmp_path):
     csv_path = tmp_path / "fer2013.csv"
     csv_path.write_text("\n".join(lines) + "\n")
 
-    run_dir = run_notebook(tmp_path, data_path=str(csv_path), seed=5, carve_test=0.25,
+    profile = smoke_variant(tmp_path, "carve_test: null", "carve_test: 0.25")
+    run_dir = run_notebook(tmp_path, data_path=str(csv_path), profile=profile, seed=5,
                            show_images=False)
 
     report = json.loads((run_dir / "data_report.json").read_text())

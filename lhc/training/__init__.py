@@ -42,6 +42,7 @@ _EXPORTS = {
     "load_run": "artifacts",
     "load_run_data": "artifacts",
     "load_trained_model": "artifacts",
+    "profile_data": "artifacts",
 }
 
 __all__ = sorted(_EXPORTS)

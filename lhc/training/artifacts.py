@@ -26,7 +26,8 @@ from lhc.training.runner import (
     _load_data,
 )
 
-__all__ = ["load_initial_lhc_weights", "load_run", "load_run_data", "load_trained_model"]
+__all__ = ["load_initial_lhc_weights", "load_run", "load_run_data", "load_trained_model",
+           "profile_data"]
 
 
 def load_run(run_dir: str | Path) -> tuple[Profile, dict]:
@@ -37,6 +38,17 @@ def load_run(run_dir: str | Path) -> tuple[Profile, dict]:
             f"{run_dir}: not a run directory (no {RUN_STATE}); create one with e.g. "
             f"`lhc train --profile smoke --out {run_dir}`")
     return load_profile(run_dir / PROFILE_FILE), json.loads((run_dir / RUN_STATE).read_text())
+
+
+def profile_data(profile: Profile | str, data_path: str | None, run_dir: str | Path):
+    """The data set a profile trains on, read exactly as training will read it.
+
+    Without ``data_path`` this is the profile's synthetic set, generated into
+    ``<run_dir>/data/`` (the very file training then uses); with one, the source read with
+    the profile's ``carve_test``. Notebook 01 describes the data this way, before training.
+    """
+    profile = load_profile(profile) if isinstance(profile, str | Path) else profile
+    return _load_data(profile, data_path or None, Path(run_dir))
 
 
 def load_run_data(run_dir: str | Path):
