@@ -21,9 +21,9 @@ from lhc.training.runner import (
     PROFILE_FILE,
     RUN_STATE,
     STAGE_LABELS,
-    _build,
-    _finished_folder,
-    _load_data,
+    build_model,
+    finished_folder,
+    load_data,
 )
 
 __all__ = ["load_initial_lhc_weights", "load_run", "load_run_data", "load_trained_model",
@@ -48,13 +48,13 @@ def profile_data(profile: Profile | str, data_path: str | None, run_dir: str | P
     the profile's ``carve_test``. Notebook 01 describes the data this way, before training.
     """
     profile = load_profile(profile) if isinstance(profile, str | Path) else profile
-    return _load_data(profile, data_path or None, Path(run_dir))
+    return load_data(profile, data_path or None, Path(run_dir))
 
 
 def load_run_data(run_dir: str | Path):
     """The run's data set (:class:`lhc.data.FER2013Data`), read as its training read it."""
     profile, state = load_run(run_dir)
-    return _load_data(profile, state["data_path"], Path(run_dir))
+    return load_data(profile, state["data_path"], Path(run_dir))
 
 
 def load_initial_lhc_weights(run_dir: str | Path, stage: str = "stage4",
@@ -69,7 +69,7 @@ def load_initial_lhc_weights(run_dir: str | Path, stage: str = "stage4",
     run_dir = Path(run_dir)
     _, state = load_run(run_dir)
     stage = STAGE_LABELS.get(stage, stage)
-    folder = _finished_folder(run_dir, state, stage, model) or run_dir / "stages" / stage / model
+    folder = finished_folder(run_dir, state, stage, model) or run_dir / "stages" / stage / model
     path = folder / INITIAL_LHC_WEIGHTS
     if not path.exists():
         raise FileNotFoundError(f"{path}: no initial LHC weights kept for {stage}/{model}")
@@ -100,7 +100,7 @@ def load_trained_model(run_dir: str | Path, stage: str = "stage4", model: str = 
     run_dir = Path(run_dir)
     profile, state = load_run(run_dir)
     stage = STAGE_LABELS.get(stage, stage)
-    folder = _finished_folder(run_dir, state, stage, model)
+    folder = finished_folder(run_dir, state, stage, model)
     if folder is None:
         finished = sorted(f"{path.parent.parent.name}/{path.parent.name}"
                           for path in run_dir.glob(f"stages/*/*/{FINAL_WEIGHTS}"))
@@ -108,6 +108,6 @@ def load_trained_model(run_dir: str | Path, stage: str = "stage4", model: str = 
             f"{run_dir}: no finished {stage}/{model}; finished here: {finished or 'none'}")
     if num_classes is None:
         num_classes = len(load_run_data(run_dir).class_names)
-    trained = _build(model, profile, num_classes)
+    trained = build_model(model, profile, num_classes)
     trained.load_weights(folder / FINAL_WEIGHTS)
     return trained

@@ -319,7 +319,7 @@ def _execute(run_dir: Path, verbose: int) -> dict[str, Any]:
     _check_predecessors(run_dir, profile, state)
     if "stage1" in state["stages"]:
         _check_imagenet_weights(profile)
-    data = _load_data(profile, state["data_path"], run_dir)
+    data = load_data(profile, state["data_path"], run_dir)
     print(f"{run_dir}: profile {profile.name} ({profile.mode}), stages {state['stages']}, "
           f"seed {profile.seed}, data {data.source} "
           f"({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
@@ -348,7 +348,7 @@ def _execute(run_dir: Path, verbose: int) -> dict[str, Any]:
     return _write_metrics(run_dir, profile, state, data)
 
 
-def _finished_folder(run_dir: Path, state: dict, stage: str, track: str) -> Path | None:
+def finished_folder(run_dir: Path, state: dict, stage: str, track: str) -> Path | None:
     """Folder of a finished (stage, model): this run's, else ``start_from``'s; None if neither."""
     roots = [run_dir] + ([Path(state["start_from"])] if state["start_from"] else [])
     for root in roots:
@@ -364,7 +364,7 @@ def _check_predecessors(run_dir: Path, profile: Profile, state: dict) -> None:
         for track in stage_tracks(profile, stage):
             needed = _predecessor(profile, stage, track)
             if (needed and needed[0] not in state["stages"]
-                    and _finished_folder(run_dir, state, *needed) is None):
+                    and finished_folder(run_dir, state, *needed) is None):
                 elsewhere = f" nor in {state['start_from']}" if state["start_from"] else ""
                 raise ValueError(
                     f"{run_dir}: {stage} ({track}) starts from {needed[0]}'s trained "
@@ -372,7 +372,7 @@ def _check_predecessors(run_dir: Path, profile: Profile, state: dict) -> None:
                     f"requested before it; run {needed[0]} first or pass start_from")
 
 
-def _load_data(profile: Profile, data_path: str | None, run_dir: Path):
+def load_data(profile: Profile, data_path: str | None, run_dir: Path):
     from lhc.data import load_fer2013
     from lhc.data.synthetic import write_fer2013_csv
 
@@ -389,7 +389,7 @@ def _load_data(profile: Profile, data_path: str | None, run_dir: Path):
     return data
 
 
-def _build(model_name: str, profile: Profile, num_classes: int) -> keras.Model:
+def build_model(model_name: str, profile: Profile, num_classes: int) -> keras.Model:
     from lhc.models import build_lhc_net, build_resnet34v2
 
     if model_name == "resnet34v2":
@@ -413,7 +413,7 @@ def _initialised_model(run_dir: Path, profile: Profile, state: dict, stage: str,
 
     needed = _predecessor(profile, stage, track)
     if needed is None:
-        donor = _build("resnet34v2", profile, num_classes)
+        donor = build_model("resnet34v2", profile, num_classes)
         origin = "scratch"
         if profile.imagenet_weights:
             load_backbone_weights(donor, profile.imagenet_weights)
@@ -421,15 +421,15 @@ def _initialised_model(run_dir: Path, profile: Profile, state: dict, stage: str,
         if track == "resnet34v2":
             return donor, origin
     else:
-        source = _finished_folder(run_dir, state, *needed) / FINAL_WEIGHTS
+        source = finished_folder(run_dir, state, *needed) / FINAL_WEIGHTS
         origin = str(source)
         if needed[1] == track:
-            model = _build(track, profile, num_classes)
+            model = build_model(track, profile, num_classes)
             model.load_weights(source)
             return model, origin
-        donor = _build(needed[1], profile, num_classes)
+        donor = build_model(needed[1], profile, num_classes)
         donor.load_weights(source)
-    model = _build(track, profile, num_classes)
+    model = build_model(track, profile, num_classes)
     transfer_backbone_weights(donor, model)
     return model, f"{origin} ({donor.name} weights copied by layer name)"
 
@@ -524,7 +524,7 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
         scores = model.evaluate(test_data, verbose=0, return_dict=True)
         summary.update(test_loss=float(scores["loss"]), test_accuracy=float(scores["accuracy"]))
     # Saved from an uncompiled copy: a compiled model's file would carry its optimizer too.
-    result = _build(track, profile, num_classes)
+    result = build_model(track, profile, num_classes)
     result.set_weights(model.get_weights())
     with atomic_path(stage_dir / FINAL_WEIGHTS, suffix=".weights.h5") as tmp:
         result.save_weights(tmp)
@@ -586,7 +586,7 @@ def _write_metrics(run_dir: Path, profile: Profile, state: dict, data) -> dict[s
     summaries: dict[str, dict[str, dict]] = {}
     for stage in STAGES:
         for track in stage_tracks(profile, stage):
-            folder = _finished_folder(run_dir, state, stage, track)
+            folder = finished_folder(run_dir, state, stage, track)
             if folder is not None:
                 summary = json.loads((folder / SUMMARY_FILE).read_text())
                 summaries.setdefault(stage, {})[track] = {**summary, "folder": str(folder)}
