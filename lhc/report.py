@@ -31,7 +31,8 @@ from lhc.workbench import environment_summary, notebook_sequence, read_manifest
 # previews and attention overlays. Every figure drawn on images of the data must be named
 # with one of these prefixes, or --no-images would let it into a report. (Notebook 04's
 # evaluate_tta_views draws a generated synthetic face, never the data set, and stays.)
-FACE_FIGURES = ("data_samples_per_class", "data_augmentation_", "attention_overlay_")
+FACE_FIGURES = ("data_samples_per_class", "data_augmentation_", "attention_overlay_",
+                "evaluate_sample_predictions_attention")
 # Report sections of the figures, by name prefix, in report order; the rest go last.
 FIGURE_SECTIONS = (
     ("data_", "Data"),

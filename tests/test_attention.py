@@ -190,6 +190,43 @@ def test_large_scores_give_one_hot_rows_eq18():
     assert stats["entropy_median"] < 0.01
 
 
+@pytest.mark.parametrize("head_layout", ["bands", "global"])
+def test_attention_term_map_is_the_residual_of_eq17(head_layout):
+    model = banded_model(head_layout=head_layout)
+    images = random_images(2, seed=5)
+    analysis = attention.collect_attention(model, images)
+    lhc = model.get_layer("lhc")
+    taps = keras.Model(model.inputs, [lhc.input, lhc.output])
+    layer_input, layer_output = (np.asarray(t, np.float64) for t in taps.predict(images, verbose=0))
+    for index in range(2):
+        term = attention.attention_term_map(analysis, "lhc", index)
+        assert term.shape == (8, 6)
+        # The layer returns x + y: the residual is y itself, computed here without the analysis.
+        expected = np.linalg.norm(layer_output[index] - layer_input[index], axis=-1)
+        np.testing.assert_allclose(term, expected, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="outside the 2 analysed"):
+        attention.attention_term_map(analysis, "lhc", 2)
+
+
+def test_prediction_overlays_figure_names_true_and_predicted_classes():
+    model = banded_model()
+    images = random_images(3, seed=6)
+    analysis = attention.collect_attention(model, images)
+    labels = [0, 1, 2]
+    fig = attention.prediction_overlays_figure(analysis, images, labels, CLASS_NAMES)
+    fig.canvas.draw()
+    axes = np.array(fig.axes).reshape(3, 2)  # images x (face, lhc)
+    for row in range(3):
+        predicted = int(np.argmax(analysis.probabilities[row]))
+        title = axes[row, 0].get_title()
+        assert f"true {CLASS_NAMES[labels[row]]}" in title
+        assert f"predicted {CLASS_NAMES[predicted]}" in title
+        shown_map = axes[row, 1].get_images()[-1].get_array()
+        np.testing.assert_allclose(shown_map, attention.attention_term_map(analysis, "lhc", row))
+    with pytest.raises(ValueError, match="expected the 3 analysed images"):
+        attention.prediction_overlays_figure(analysis, images[:2], labels[:2], CLASS_NAMES)
+
+
 def test_figures_render_headless():
     analysis = attention.collect_attention(banded_model(), random_images(2))
     contribution = attention.head_contribution_map(analysis, "lhc", 1, 0)

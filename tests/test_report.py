@@ -124,7 +124,9 @@ def test_no_images_leaves_out_every_face_even_from_an_earlier_build(tmp_path):
 
 
 def test_faces_are_named_in_one_list():
-    assert FACE_FIGURES == ("data_samples_per_class", "data_augmentation_", "attention_overlay_")
+    assert FACE_FIGURES == ("data_samples_per_class", "data_augmentation_", "attention_overlay_",
+                            "evaluate_sample_predictions_attention")
+    assert shows_faces("evaluate_sample_predictions_attention")
     assert shows_faces("attention_overlay_lhc3_head2")
     assert not shows_faces("attention_weights_lhc1_head0")
     assert not shows_faces("data_class_distribution")

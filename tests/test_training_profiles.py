@@ -21,6 +21,7 @@ from lhc.training import (
     load_profile,
     parse_seeds,
     parse_stages,
+    profile_from_dict,
     train,
 )
 
@@ -242,3 +243,41 @@ def test_multi_worker_stops_with_the_reason_before_the_run_starts(tmp_path):
     with pytest.raises(ValueError, match="keras-team/keras#20585"):
         train(profile, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_optional_optimizer_keys_default_to_the_papers_plain_constant_rate():
+    paper = load_profile("paper")
+    for stage in paper.stages.values():
+        assert (stage.schedule, stage.momentum, stage.weight_decay) == ("constant", 0.0, 0.0)
+    optimizer = paper.stages["stage2"].make_optimizer(steps_per_epoch=100)
+    assert optimizer.momentum == 0.0 and optimizer.weight_decay is None
+    optimizer.iterations.assign(5000)
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_cosine_schedule_with_hand_values():
+    raw = load_profile("smoke").to_dict(resolve=False)
+    raw["stages"]["stage2"].update(learning_rate=0.2, max_epochs=4, schedule="cosine",
+                                   momentum=0.9, weight_decay=5.0e-4)
+    stage = profile_from_dict(raw).stages["stage2"]
+    optimizer = stage.make_optimizer(steps_per_epoch=10)  # decays over 4 x 10 = 40 steps
+    assert optimizer.momentum == pytest.approx(0.9)
+    assert optimizer.weight_decay == pytest.approx(5.0e-4)
+    # lr(t) = 0.2 * (0.01 + 0.99 * (1 + cos(pi t / 40)) / 2): 0.2, 0.101 halfway, 0.002 at the end.
+    for step, expected in ((0, 0.2), (20, 0.101), (40, 0.002), (10, 0.2 * (0.01 + 0.99 * (
+            1 + 0.7071067811865476) / 2))):
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("schedule", "linear", "expected one of ['constant', 'cosine']"),
+    ("momentum", 1.5, "expected a number in [0, 1)"),
+    ("weight_decay", -0.1, "expected a number in [0, 1)"),
+    ("momentum", True, "expected a number in [0, 1)"),
+])
+def test_bad_optional_optimizer_keys_are_named(key, value, expected):
+    raw = load_profile("smoke").to_dict(resolve=False)
+    raw["stages"]["stage3"][key] = value
+    with pytest.raises(ProfileError, match=re.escape(f"stages.stage3.{key}: {expected}")):
+        profile_from_dict(raw, "variant.yaml")

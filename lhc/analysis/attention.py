@@ -46,6 +46,7 @@ __all__ = [
     "AttentionExplorer",
     "ContributionMap",
     "ModuleAttention",
+    "attention_term_map",
     "attention_weights_figure",
     "collect_attention",
     "dynamic_scaling_summary",
@@ -54,6 +55,7 @@ __all__ = [
     "model_inputs",
     "normalised_row_entropy",
     "overlay_figure",
+    "prediction_overlays_figure",
     "scales_figure",
     "temperature_figure",
 ]
@@ -328,6 +330,91 @@ def head_contribution_map(analysis: AttentionAnalysis, module: str, head: int, i
     columns = np.arange(image_width) * attention.width // image_width
     return ContributionMap(grid, grid[rows][:, columns], attention.band_mask(head),
                            attention.band_rows[head])
+
+
+def attention_term_map(analysis: AttentionAnalysis, module: str, image_index: int) -> np.ndarray:
+    """The magnitude of the whole attention term ``y`` of eq. 17 at every feature-map position.
+
+    ``y`` is what the module adds to its input (``x + y``): with local heads each head's
+    ``A_h`` fills its own band (eq. 17 puts the heads back in place), with global heads the
+    heads are averaged over the whole map. The LHC-NetC gate is left out, as in
+    :func:`head_contribution_map`.
+
+    Args:
+        analysis: from :func:`collect_attention`.
+        module: the LHC layer's name.
+        image_index: index into the analysed images.
+
+    Returns:
+        float64 ``(H, W)``: the Euclidean norm of ``y`` over the ``C`` channels.
+    """
+    attention = analysis[module]
+    if not 0 <= image_index < analysis.num_images:
+        raise ValueError(f"image_index {image_index} is outside the {analysis.num_images} "
+                         f"analysed images")
+    head_outputs = attention.head_outputs[image_index].astype(np.float64)  # (n, C, L)
+    if attention.head_layout == "global":
+        term = head_outputs.mean(axis=0)  # (C, H*W)
+    else:
+        term = np.concatenate(list(head_outputs), axis=-1)  # (C, H*W): bands in row-major order
+    return np.linalg.norm(term, axis=0).reshape(attention.height, attention.width)  # (H, W)
+
+
+def prediction_overlays_figure(analysis: AttentionAnalysis, images: np.ndarray,
+                               labels: Sequence[int], class_names: Sequence[str],
+                               modules: Sequence[str] | None = None):
+    """Sample predictions, each with the attention term of every module over the face.
+
+    One row per image: the face titled with its true class and the predicted class and
+    probability, then per LHC module the magnitude of ``y`` (eq. 17,
+    :func:`attention_term_map`) stretched over the face, each map on its own colour scale.
+
+    Args:
+        analysis: from :func:`collect_attention` on ``images``.
+        images: the model-ready ``(N, S, S, 3)`` images analysed (:func:`model_inputs`).
+        labels: ``N`` true class indices.
+        class_names: class index -> name.
+        modules: LHC layer names to show; ``None``: every analysed module.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    modules = list(analysis.modules) if modules is None else list(modules)
+    if len(images) != analysis.num_images or len(labels) != analysis.num_images:
+        raise ValueError(f"expected the {analysis.num_images} analysed images and labels, got "
+                         f"{len(images)} images and {len(labels)} labels")
+    apply_style()
+    count = analysis.num_images
+    fig, axes = plt.subplots(count, 1 + len(modules), squeeze=False,
+                             figsize=(2.2 * (1 + len(modules)), 2.4 * count))
+    for row in range(count):
+        grey = images[row][..., 0]
+        predicted = int(np.argmax(analysis.probabilities[row]))
+        verdict = "right" if predicted == int(labels[row]) else "wrong"
+        axes[row, 0].imshow(grey, cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_title(f"true {class_names[int(labels[row])]}\npredicted "
+                               f"{class_names[predicted]} "
+                               f"({analysis.probabilities[row, predicted]:.2f}, {verdict})",
+                               fontsize=9)
+        for column, module in enumerate(modules, 1):
+            term = attention_term_map(analysis, module, row)
+            height, width = grey.shape
+            axes[row, column].imshow(grey, cmap="gray", vmin=0, vmax=255,
+                                     extent=(0, width, height, 0))
+            axes[row, column].imshow(term, cmap="magma", alpha=0.55, vmin=0,
+                                     extent=(0, width, height, 0), interpolation="nearest")
+            if row == 0:
+                attention = analysis[module]
+                axes[row, column].set_title(f"{module}: |y| (eq. 17)\n{attention.height}x"
+                                            f"{attention.width}, {attention.num_heads} heads",
+                                            fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.suptitle("Predictions with each LHC module's attention term over the face")
+    fig.tight_layout()
+    return fig
 
 
 def _band_edges(mask: np.ndarray, scale_y: float, scale_x: float) -> list:

@@ -27,6 +27,7 @@ _EXPORTS = {
     "STAGES": "profiles",
     "available_profiles": "profiles",
     "load_profile": "profiles",
+    "profile_from_dict": "profiles",
     "train": "runner",
     "resume": "runner",
     "acceptance": "runner",

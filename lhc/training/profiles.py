@@ -12,7 +12,9 @@ patience and epoch limit. Stages (paper section 3, ``REFERENCE.md``):
   trained alongside on the same data seeds; ``stage4`` is skipped and ``lhcc`` starts from the
   stage-3 LHC-Net.
 
-Every key is required and no other key is allowed; errors name the file, the line (1-based)
+Every key is required except the stage keys of :data:`STAGE_DEFAULTS` (schedule, momentum,
+weight decay: the paper's plain constant-rate optimizers when left out), and no other key is
+allowed; errors name the file, the line (1-based)
 and the key path, e.g. ``smoke.yaml, line 14: stages.stage1.batch_sise: unknown key``.
 """
 
@@ -52,6 +54,10 @@ MODES = ("modular", "standalone")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+# Stage keys a profile may leave out, with the value they then take: the paper's constant
+# learning rate, plain SGD (Keras's default, which the original code uses), no weight decay.
+STAGE_DEFAULTS = {"schedule": "constant", "momentum": 0.0, "weight_decay": 0.0}
 AUGMENTATION_NAMES = ("stage1", "stage2", "stage3", "stage4", "none")
 BLOCK_KEYS = ("num_heads", "head_dim", "pool_size", "kernel_size", "scale_exponent")
 # Five stride-2 steps take the input to the last LHC map; below 32 pixels that map vanishes.
@@ -78,6 +84,11 @@ class StageSettings:
         patience: early stopping on validation accuracy: epochs without improvement before
             the stage stops; the best epoch's weights are restored at the end of the stage.
         max_epochs: epoch limit of the stage.
+        schedule: ``constant`` (the paper's) or ``cosine``: the learning rate decays along a
+            half cosine to 1% of ``learning_rate`` over ``max_epochs`` epochs (a stage that
+            early stopping ends sooner stops part way down). Optional, default ``constant``.
+        momentum: SGD momentum (ignored by Adam). Optional, default 0 (the paper's plain SGD).
+        weight_decay: decoupled weight decay of the optimizer. Optional, default 0 (none).
     """
 
     model: str
@@ -87,6 +98,9 @@ class StageSettings:
     augmentation: str | Mapping[str, Any]
     patience: int
     max_epochs: int
+    schedule: str = STAGE_DEFAULTS["schedule"]
+    momentum: float = STAGE_DEFAULTS["momentum"]
+    weight_decay: float = STAGE_DEFAULTS["weight_decay"]
 
     def make_augmentation(self):
         """The :class:`lhc.data.pipeline.Augmentation` of this stage, or None for ``none``."""
@@ -98,13 +112,24 @@ class StageSettings:
             return None
         return STAGE_AUGMENTATION[int(self.augmentation.removeprefix("stage"))]
 
-    def make_optimizer(self):
-        """A fresh Keras optimizer for this stage."""
+    def make_optimizer(self, steps_per_epoch: int = 1):
+        """A fresh Keras optimizer for this stage.
+
+        Args:
+            steps_per_epoch: optimizer steps in one epoch; sets the length of a ``cosine``
+                schedule (``max_epochs * steps_per_epoch`` steps).
+        """
         import keras
 
+        rate = self.learning_rate
+        if self.schedule == "cosine":
+            rate = keras.optimizers.schedules.CosineDecay(
+                self.learning_rate, decay_steps=self.max_epochs * max(1, steps_per_epoch),
+                alpha=0.01)
+        decay = self.weight_decay or None
         if self.optimizer == "adam":
-            return keras.optimizers.Adam(self.learning_rate)
-        return keras.optimizers.SGD(self.learning_rate)
+            return keras.optimizers.Adam(rate, weight_decay=decay)
+        return keras.optimizers.SGD(rate, momentum=self.momentum, weight_decay=decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,13 +292,14 @@ class _Checker:
         key = ".".join(str(part) for part in path) or "profile"
         raise ProfileError(f"{where}: {key}: {problem}")
 
-    def mapping(self, value, path: tuple, keys: tuple[str, ...]) -> Mapping:
+    def mapping(self, value, path: tuple, keys: tuple[str, ...],
+                optional: tuple[str, ...] = ()) -> Mapping:
         if not isinstance(value, Mapping):
             self.fail(path, f"expected a mapping with keys {list(keys)}, got {value!r}")
         for key in value:
             if key not in keys:
                 self.fail((*path, key), f"unknown key; expected one of {list(keys)}")
-        missing = [key for key in keys if key not in value]
+        missing = [key for key in keys if key not in value and key not in optional]
         if missing:
             self.fail(path, f"missing key(s) {missing}")
         return value
@@ -385,7 +411,12 @@ def _stage(stages: Mapping, stage: str, check: _Checker) -> StageSettings:
 
     path = ("stages", stage)
     keys = tuple(field.name for field in dataclasses.fields(StageSettings))
-    value = check.mapping(stages[stage], path, keys)
+    value = {**STAGE_DEFAULTS, **check.mapping(stages[stage], path, keys, tuple(STAGE_DEFAULTS))}
+    momentum, decay = value["momentum"], value["weight_decay"]
+    for key in ("momentum", "weight_decay"):
+        number = value[key]
+        if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number < 1:
+            check.fail((*path, key), f"expected a number in [0, 1), got {number!r}")
     augmentation = value["augmentation"]
     if isinstance(augmentation, Mapping):
         try:
@@ -402,4 +433,7 @@ def _stage(stages: Mapping, stage: str, check: _Checker) -> StageSettings:
         augmentation=augmentation,
         patience=check.integer(value["patience"], (*path, "patience"), 1),
         max_epochs=check.integer(value["max_epochs"], (*path, "max_epochs"), 1),
+        schedule=check.choice(value["schedule"], (*path, "schedule"), SCHEDULES),
+        momentum=float(momentum),
+        weight_decay=float(decay),
     )

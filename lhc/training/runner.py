@@ -456,7 +456,8 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
         model, origin = _initialised_model(run_dir, profile, state, stage, track, num_classes)
         if track == "lhc_netc":
             freeze_all_but_gates(model)
-        model.compile(optimizer=settings.make_optimizer(), loss="sparse_categorical_crossentropy",
+        steps_per_epoch = math.ceil(len(data.splits["train"].labels) / settings.batch_size)
+        model.compile(optimizer=settings.make_optimizer(steps_per_epoch), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"], jit_compile=jit_compile())
         model.optimizer.build(model.trainable_variables)
     progress = load_checkpoint(checkpoint_dir, model)
