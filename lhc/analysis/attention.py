@@ -274,6 +274,12 @@ def collect_attention(model: keras.Model, images: np.ndarray,
     return AttentionCollector(model, layer_names).collect(images, batch_size)
 
 
+def _check_image_index(analysis: AttentionAnalysis, image_index: int) -> None:
+    if not 0 <= image_index < analysis.num_images:
+        raise ValueError(f"image_index {image_index} is outside the {analysis.num_images} "
+                         f"analysed images")
+
+
 @dataclasses.dataclass(frozen=True)
 class ContributionMap:
     """Where one head writes into the attention term ``y`` of eq. 17, and how strongly.
@@ -314,9 +320,7 @@ def head_contribution_map(analysis: AttentionAnalysis, module: str, head: int, i
     attention = analysis[module]
     if reduce not in CONTRIBUTION_REDUCTIONS:
         raise ValueError(f"reduce must be one of {CONTRIBUTION_REDUCTIONS}, got {reduce!r}")
-    if not 0 <= image_index < analysis.num_images:
-        raise ValueError(f"image_index {image_index} is outside the {analysis.num_images} "
-                         f"analysed images")
+    _check_image_index(analysis, image_index)
     start, stop = attention.band(head)
     values = attention.head_outputs[image_index, head].astype(np.float64)  # (C, L)
     if attention.head_layout == "global":
@@ -349,9 +353,7 @@ def attention_term_map(analysis: AttentionAnalysis, module: str, image_index: in
         float64 ``(H, W)``: the Euclidean norm of ``y`` over the ``C`` channels.
     """
     attention = analysis[module]
-    if not 0 <= image_index < analysis.num_images:
-        raise ValueError(f"image_index {image_index} is outside the {analysis.num_images} "
-                         f"analysed images")
+    _check_image_index(analysis, image_index)
     head_outputs = attention.head_outputs[image_index].astype(np.float64)  # (n, C, L)
     if attention.head_layout == "global":
         term = head_outputs.mean(axis=0)  # (C, H*W)
@@ -391,6 +393,7 @@ def prediction_overlays_figure(analysis: AttentionAnalysis, images: np.ndarray,
                              figsize=(2.2 * (1 + len(modules)), 2.4 * count))
     for row in range(count):
         grey = images[row][..., 0]
+        height, width = grey.shape
         predicted = int(np.argmax(analysis.probabilities[row]))
         verdict = "right" if predicted == int(labels[row]) else "wrong"
         axes[row, 0].imshow(grey, cmap="gray", vmin=0, vmax=255)
@@ -400,7 +403,6 @@ def prediction_overlays_figure(analysis: AttentionAnalysis, images: np.ndarray,
                                fontsize=9)
         for column, module in enumerate(modules, 1):
             term = attention_term_map(analysis, module, row)
-            height, width = grey.shape
             axes[row, column].imshow(grey, cmap="gray", vmin=0, vmax=255,
                                      extent=(0, width, height, 0))
             axes[row, column].imshow(term, cmap="magma", alpha=0.55, vmin=0,

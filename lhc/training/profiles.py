@@ -412,7 +412,6 @@ def _stage(stages: Mapping, stage: str, check: _Checker) -> StageSettings:
     path = ("stages", stage)
     keys = tuple(field.name for field in dataclasses.fields(StageSettings))
     value = {**STAGE_DEFAULTS, **check.mapping(stages[stage], path, keys, tuple(STAGE_DEFAULTS))}
-    momentum, decay = value["momentum"], value["weight_decay"]
     for key in ("momentum", "weight_decay"):
         number = value[key]
         if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number < 1:
@@ -434,6 +433,6 @@ def _stage(stages: Mapping, stage: str, check: _Checker) -> StageSettings:
         patience=check.integer(value["patience"], (*path, "patience"), 1),
         max_epochs=check.integer(value["max_epochs"], (*path, "max_epochs"), 1),
         schedule=check.choice(value["schedule"], (*path, "schedule"), SCHEDULES),
-        momentum=float(momentum),
-        weight_decay=float(decay),
+        momentum=float(value["momentum"]),
+        weight_decay=float(value["weight_decay"]),
     )
