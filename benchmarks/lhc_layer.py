@@ -15,7 +15,7 @@ FLOP count (forward, one image; multiply-add = 2 FLOPs), per block with L = H*W/
 Backward is counted as twice the forward (gradients w.r.t. inputs and weights), so a
 training step is 3x the forward: about 81 GFLOP for the five blocks at batch 16.
 
-Usage: python benchmarks/lhc_layer.py [--batch 16] [--repeats 5] [--out FILE]
+Usage: python benchmarks/lhc_layer.py [--batch 16] [--repeats 5] [--pieces] [--out FILE]
 """
 
 from __future__ import annotations
@@ -154,10 +154,40 @@ def copy_weights(vectorised, looped):
             dense.set_weights([src.embed_kernel.numpy()[head], src.embed_bias.numpy()[head]])
 
 
+class NecessaryPieces(keras.layers.Layer):
+    """The parts of an LHC block that every formulation of eqs. 1-17 must compute.
+
+    The value convolution with its bias and 3x3 average pool (eq. 3), the query and key
+    pools (eqs. 1-2) and the shared Q/K embedding matmuls (eqs. 9-10), with ``layer``'s own
+    weights, and nothing else: no scores, scaling, softmax or A = W v. The time of these
+    pieces is a floor under any rearrangement of the layer built from the same kernels.
+    """
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(dtype=layer.dtype_policy, **kwargs)
+        self.layer = layer
+
+    def call(self, inputs):
+        layer = self.layer
+        values = ops.conv(inputs, layer.value_kernel, strides=1, padding="same")
+        values = ops.average_pool(values + layer.value_bias, 3, strides=1, padding="same")
+        queries = ops.average_pool(inputs, layer.pool_size, strides=1, padding="same")
+        keys = ops.max_pool(inputs, layer.pool_size, strides=1, padding="same")
+        bands = (-1, layer.num_heads, layer.band_size, layer.channels)
+        kernel = ops.transpose(layer.embed_kernel, (0, 2, 1))[None]  # (1, n, d, L)
+        query_embed = ops.matmul(kernel, ops.reshape(queries, bands))  # (B, n, d, C)
+        key_embed = ops.matmul(kernel, ops.reshape(keys, bands))  # (B, n, d, C)
+        # Summed into one output so that no piece is pruned as unused.
+        return (ops.sum(values) + ops.sum(query_embed) + ops.sum(key_embed))[None]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pieces", action="store_true",
+                        help="also time the pieces every formulation must compute "
+                             "(NecessaryPieces) in mixed_bfloat16: the floor under the bf16 time")
     parser.add_argument("--out", help="also write the JSON to this file")
     args = parser.parse_args()
 
@@ -176,6 +206,9 @@ def main():
             steps[f"{name}/{policy}"] = make_step(layers)
             outputs[(name, policy)] = [np.asarray(tf.cast(o, "float32"))
                                        for o in steps[f"{name}/{policy}"](inputs)[0]]
+        if args.pieces:
+            steps[f"necessary_pieces/{policy}"] = make_step(
+                [NecessaryPieces(layer) for layer in vectorised])
     results = {
         name: {"seconds_median": round(median, 4), "seconds_best": round(best, 4),
                "gflops_per_s": round(step_flops / median / 1e9, 1)}
@@ -183,8 +216,19 @@ def main():
     }
 
     baseline = results["loop_per_head/float32"]["seconds_median"]
-    for entry in results.values():
+    for name, entry in results.items():
         entry["speedup_vs_float32_loop"] = round(baseline / entry["seconds_median"], 2)
+        if name.startswith("necessary_pieces"):
+            del entry["gflops_per_s"]  # part of the FLOPs only: the rate would mislead
+    floor = {}
+    if args.pieces:
+        # No rearrangement of the layer can beat the time of the pieces it must compute.
+        pieces = {policy: results[f"necessary_pieces/{policy}"]["seconds_median"]
+                  for policy in ("float32", "mixed_bfloat16")}
+        floor = {"necessary_pieces_bf16_speedup_over_float32": round(
+                     pieces["float32"] / pieces["mixed_bfloat16"], 2),
+                 "best_possible_bf16_speedup_vs_float32_loop": round(
+                     baseline / pieces["mixed_bfloat16"], 2)}
 
     def max_error(a, b):
         return float(max(np.max(np.abs(x - y)) for x, y in zip(a, b, strict=True)))
@@ -202,6 +246,7 @@ def main():
                                             for o in outputs[("vectorised", "float32")])),
         "targets": {"float32_vectorised_vs_loop": ">= 1.0x", "bf16_vectorised_vs_float32_loop":
                     ">= 2.0x"},
+        **floor,
     }
     emit(report, args.out)
 
