@@ -181,8 +181,18 @@ class LHC(keras.layers.Layer):
             return outputs, analysis
         return outputs
 
-    def _attention(self, inputs, return_attention):
-        """The attention term ``y`` of eq. 17, and the analysis tensors when asked."""
+    def embedded_heads(self, inputs):
+        """Eqs. 1-10: the banded values and the embedded queries and keys of every head.
+
+        The part of the layer that does not depend on the scores; benchmarks time it alone.
+
+        Args:
+            inputs: ``(B, H, W, C)``.
+
+        Returns:
+            ``values`` ``(B, n, L, C)`` (``(B, 1, H*W, C)`` for global heads) and
+            ``query_embed``, ``key_embed`` ``(B, n, d, C)``, the embeddings transposed.
+        """
         num_heads, band_size, channels = self.num_heads, self.band_size, self.channels
         pool = self.pool_size
         queries = ops.average_pool(inputs, pool, strides=1, padding="same")  # eq. 1
@@ -204,6 +214,11 @@ class LHC(keras.layers.Layer):
         embed_bias = self.embed_bias[None, :, :, None]  # (1, n, d, 1)
         query_embed = ops.matmul(embed_kernel, queries) + embed_bias  # (B, n, d, C)
         key_embed = ops.matmul(embed_kernel, keys) + embed_bias  # (B, n, d, C)
+        return values, query_embed, key_embed
+
+    def _attention(self, inputs, return_attention):
+        """The attention term ``y`` of eq. 17, and the analysis tensors when asked."""
+        values, query_embed, key_embed = self.embedded_heads(inputs)
 
         # Dynamic scaling (eqs. 12-14), one sigmoid Dense shared by heads. Both steps avoid
         # extra passes over the (C, C) scores: the row means of S_h = q~_h k~_h^T are
@@ -232,7 +247,7 @@ class LHC(keras.layers.Layer):
         else:
             attention = head_outputs
         attention = ops.reshape(
-            attention, (-1, self.height, self.width, channels)
+            attention, (-1, self.height, self.width, self.channels)
         )  # (B, H, W, C), eq. 17
 
         analysis = None
