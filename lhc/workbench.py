@@ -204,7 +204,8 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
         images: False passes ``show_images=False`` and ``images=False``: no figure of faces
             is drawn or reported.
         parameters: further parameters (e.g. ``{"seed": 1}``), given to the notebooks that
-            declare them; they override the ones above.
+            declare them; they override the ones above. A name that no selected notebook
+            declares is an error rather than ignored (a typo would otherwise do nothing).
         notebooks_dir: the folder of the sequence.
         log: receives the progress lines.
 
@@ -213,8 +214,11 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
 
     Raises:
         NotebookFailed: a notebook raised; the sequence stopped there.
-        ValueError: unknown profile or notebook key.
+        ValueError: unknown profile or notebook key, or a parameter no selected notebook
+            declares.
     """
+    import papermill
+
     from lhc.training.profiles import available_profiles
 
     # The training notebooks validate the profile's contents; checking that it exists here
@@ -224,6 +228,12 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
                          f"({', '.join(available_profiles())}) nor a YAML file")
     run_dir = Path(out or Path("runs") / Path(profile).stem).resolve()
     selected = select_notebooks(notebook_sequence(notebooks_dir), only, start)
+    declared = set().union(*(papermill.inspect_notebook(str(notebook)) for notebook in selected))
+    unknown = sorted(set(parameters or {}) - declared)
+    if unknown:
+        raise ValueError(f"parameter(s) {', '.join(unknown)} declared by none of "
+                         f"{', '.join(notebook.stem for notebook in selected)}; they declare: "
+                         f"{', '.join(sorted(declared))}")
     candidates = {"run_dir": str(run_dir), "profile": str(profile),
                   "data_path": str(Path(data_path).resolve()) if data_path else "",
                   "show_images": images, "images": images, **(parameters or {})}

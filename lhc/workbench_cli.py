@@ -1,7 +1,7 @@
 """The ``lhc run`` and ``lhc report`` subcommands, added to the ``lhc`` parser by :func:`add_cli`.
 
 - ``lhc run [--profile smoke|cpu|paper] [--data PATH] [--out runs/NAME] [--only 04,05]
-  [--from 03] [--no-images]``: the notebook sequence (:func:`lhc.workbench.run_sequence`).
+  [--from 03] [--no-images] [-p NAME VALUE ...]``: the notebook sequence (:func:`lhc.workbench.run_sequence`).
 - ``lhc report runs/NAME [--out reports/NAME] [--no-images]``: the HTML report
   (:func:`lhc.report.build_report`).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_cli"]
+__all__ = ["add_cli", "notebook_parameters"]
 
 
 def add_cli(subparsers) -> None:
@@ -33,6 +33,10 @@ def add_cli(subparsers) -> None:
     selection.add_argument("--from", dest="start", help="run from this notebook on, e.g. 03")
     run.add_argument("--no-images", dest="images", action="store_false",
                      help="draw and report no figure that shows faces")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"), dest="parameters",
+                     help="a notebook parameter, as papermill's -p (the value is read as YAML: "
+                          "-p split val, -p sample_size 1200); repeatable")
     run.set_defaults(func=_cmd_run)
 
     report = subparsers.add_parser(
@@ -51,11 +55,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         run_sequence(args.profile, args.data, out=args.out, only=args.only, start=args.start,
-                     images=args.images)
-    except NotebookFailed as failure:
+                     images=args.images, parameters=notebook_parameters(args.parameters))
+    except (NotebookFailed, ValueError) as failure:
         print(f"lhc run: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def notebook_parameters(pairs) -> dict:
+    """``-p NAME VALUE`` pairs as a dict, each value read as YAML (``1200`` an int, ``false`` a
+    bool, ``val`` a string), as papermill's own ``-p`` reads them."""
+    import yaml
+
+    return {name: yaml.safe_load(value) for name, value in pairs}
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

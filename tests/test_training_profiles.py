@@ -4,6 +4,7 @@ acceptance rule, and the checks a run makes before it writes anything."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from importlib import resources
@@ -11,6 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 import pytest
 
 from lhc.training import (
@@ -270,11 +272,29 @@ def test_cosine_schedule_with_hand_values():
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
 
 
+def test_label_smoothing_loss_with_hand_values():
+    raw = load_profile("smoke").to_dict(resolve=False)
+    assert load_profile("paper").stages["stage1"].make_loss() == "sparse_categorical_crossentropy"
+    raw["stages"]["stage1"]["label_smoothing"] = 0.1
+    loss = profile_from_dict(raw).stages["stage1"].make_loss()
+    probabilities = np.array([[0.5, 0.25, 0.25], [0.2, 0.2, 0.6]], dtype="float32")
+    labels = np.array([[0], [2]])
+    # Smoothed target over K = 3 classes: 0.9 + 0.1/3 on the true class, 0.1/3 elsewhere.
+    true_weight, other_weight = 0.9 + 0.1 / 3, 0.1 / 3
+    expected = [-(true_weight * math.log(0.5) + 2 * other_weight * math.log(0.25)),
+                -(true_weight * math.log(0.6) + 2 * other_weight * math.log(0.2))]
+    np.testing.assert_allclose(np.asarray(loss(labels, probabilities)), expected, rtol=1e-5)
+    # The flat label form the training pipeline yields gives the same losses.
+    np.testing.assert_allclose(np.asarray(loss(labels[:, 0], probabilities)), expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("schedule", "linear", "expected one of ['constant', 'cosine']"),
     ("momentum", 1.5, "expected a number in [0, 1)"),
     ("weight_decay", -0.1, "expected a number in [0, 1)"),
     ("momentum", True, "expected a number in [0, 1)"),
+    ("label_smoothing", 1.0, "expected a number in [0, 1)"),
+    ("label_smoothing", "0.1", "expected a number in [0, 1)"),
 ])
 def test_bad_optional_optimizer_keys_are_named(key, value, expected):
     raw = load_profile("smoke").to_dict(resolve=False)

@@ -30,7 +30,7 @@ from lhc.workbench import (
     run_sequence,
     select_notebooks,
 )
-from lhc.workbench_cli import add_cli
+from lhc.workbench_cli import add_cli, notebook_parameters
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it
 SEQUENCE = [Path(name) for name in ("01_data.ipynb", "02_train_backbone.ipynb", "04_evaluate.ipynb",
@@ -261,6 +261,26 @@ def test_run_options():
         "cpu", "d.csv", "runs/x", "03", False)
     with pytest.raises(SystemExit):
         parse("run", "--only", "04", "--from", "03")
+    args = parse("run", "-p", "split", "val", "--parameter", "sample_size", "1200",
+                 "-p", "train_global", "false")
+    assert notebook_parameters(args.parameters) == {"split": "val", "sample_size": 1200,
+                                                    "train_global": False}
+    with pytest.raises(SystemExit):
+        parse("run", "-p", "split")
+
+
+def test_a_parameter_no_selected_notebook_declares_is_refused(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    write_notebook(notebooks / "01_probe.ipynb", 'run_dir = "runs/smoke"\nsplit = "test"',
+                   "print(split)")
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"parameter\(s\) splt declared by none of 01_probe; "
+                                         r"they declare: run_dir, split"):
+        run_sequence("smoke", out=run_dir, notebooks_dir=notebooks, parameters={"splt": "val"})
+    assert not run_dir.exists()
+    run_sequence("smoke", out=run_dir, notebooks_dir=notebooks, parameters={"split": "val"},
+                 log=lambda line: None)
+    assert stdout_of(run_dir / "notebooks" / "01_probe.ipynb") == "val\n"
 
 
 @pytest.mark.slow

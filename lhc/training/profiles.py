@@ -13,7 +13,8 @@ patience and epoch limit. Stages (paper section 3, ``REFERENCE.md``):
   stage-3 LHC-Net.
 
 Every key is required except the stage keys of :data:`STAGE_DEFAULTS` (schedule, momentum,
-weight decay: the paper's plain constant-rate optimizers when left out), and no other key is
+weight decay, label smoothing: the paper's plain constant-rate optimizers and cross-entropy
+when left out), and no other key is
 allowed; errors name the file, the line (1-based)
 and the key path, e.g. ``smoke.yaml, line 14: stages.stage1.batch_sise: unknown key``.
 """
@@ -57,7 +58,8 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 # Stage keys a profile may leave out, with the value they then take: the paper's constant
 # learning rate, plain SGD (Keras's default, which the original code uses), no weight decay.
-STAGE_DEFAULTS = {"schedule": "constant", "momentum": 0.0, "weight_decay": 0.0}
+STAGE_DEFAULTS = {"schedule": "constant", "momentum": 0.0, "weight_decay": 0.0,
+                  "label_smoothing": 0.0}
 AUGMENTATION_NAMES = ("stage1", "stage2", "stage3", "stage4", "none")
 BLOCK_KEYS = ("num_heads", "head_dim", "pool_size", "kernel_size", "scale_exponent")
 # Five stride-2 steps take the input to the last LHC map; below 32 pixels that map vanishes.
@@ -89,6 +91,9 @@ class StageSettings:
             early stopping ends sooner stops part way down). Optional, default ``constant``.
         momentum: SGD momentum (ignored by Adam). Optional, default 0 (the paper's plain SGD).
         weight_decay: decoupled weight decay of the optimizer. Optional, default 0 (none).
+        label_smoothing: the cross-entropy target puts ``1 - label_smoothing`` on the true class
+            and spreads ``label_smoothing`` evenly over all classes. Optional, default 0 (the
+            paper's plain cross-entropy).
     """
 
     model: str
@@ -101,6 +106,7 @@ class StageSettings:
     schedule: str = STAGE_DEFAULTS["schedule"]
     momentum: float = STAGE_DEFAULTS["momentum"]
     weight_decay: float = STAGE_DEFAULTS["weight_decay"]
+    label_smoothing: float = STAGE_DEFAULTS["label_smoothing"]
 
     def make_augmentation(self):
         """The :class:`lhc.data.pipeline.Augmentation` of this stage, or None for ``none``."""
@@ -130,6 +136,27 @@ class StageSettings:
         if self.optimizer == "adam":
             return keras.optimizers.Adam(rate, weight_decay=decay)
         return keras.optimizers.SGD(rate, momentum=self.momentum, weight_decay=decay)
+
+    def make_loss(self):
+        """The stage's training loss on integer labels and softmax outputs.
+
+        Keras's sparse cross-entropy has no label smoothing, so a smoothed stage one-hot
+        encodes the labels and uses the categorical form; without smoothing the two agree.
+        """
+        import keras
+
+        if not self.label_smoothing:
+            return "sparse_categorical_crossentropy"
+        smoothing = self.label_smoothing
+
+        def smoothed_sparse_crossentropy(labels, probabilities):
+            # labels (B,) or (B, 1) integers -> one-hot (B, num_classes)
+            labels = keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1,))
+            one_hot = keras.ops.one_hot(labels, probabilities.shape[-1])
+            return keras.losses.categorical_crossentropy(one_hot, probabilities,
+                                                         label_smoothing=smoothing)
+
+        return smoothed_sparse_crossentropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,7 +439,7 @@ def _stage(stages: Mapping, stage: str, check: _Checker) -> StageSettings:
     path = ("stages", stage)
     keys = tuple(field.name for field in dataclasses.fields(StageSettings))
     value = {**STAGE_DEFAULTS, **check.mapping(stages[stage], path, keys, tuple(STAGE_DEFAULTS))}
-    for key in ("momentum", "weight_decay"):
+    for key in ("momentum", "weight_decay", "label_smoothing"):
         number = value[key]
         if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number < 1:
             check.fail((*path, key), f"expected a number in [0, 1), got {number!r}")
@@ -435,4 +462,5 @@ def _stage(stages: Mapping, stage: str, check: _Checker) -> StageSettings:
         schedule=check.choice(value["schedule"], (*path, "schedule"), SCHEDULES),
         momentum=float(value["momentum"]),
         weight_decay=float(value["weight_decay"]),
+        label_smoothing=float(value["label_smoothing"]),
     )

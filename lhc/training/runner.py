@@ -457,7 +457,7 @@ def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: 
         if track == "lhc_netc":
             freeze_all_but_gates(model)
         steps_per_epoch = math.ceil(len(data.splits["train"].labels) / settings.batch_size)
-        model.compile(optimizer=settings.make_optimizer(steps_per_epoch), loss="sparse_categorical_crossentropy",
+        model.compile(optimizer=settings.make_optimizer(steps_per_epoch), loss=settings.make_loss(),
                       metrics=["accuracy"], jit_compile=jit_compile())
         model.optimizer.build(model.trainable_variables)
     progress = load_checkpoint(checkpoint_dir, model)
