@@ -22,7 +22,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,8 @@ def select_notebooks(notebooks: Sequence[Path], only: str | Sequence[str] | None
 
 
 def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike,
-                     parameters: dict[str, Any], cwd: str | os.PathLike | None = None) -> dict:
+                     parameters: dict[str, Any], cwd: str | os.PathLike | None = None,
+                     declared: Mapping[str, Any] | None = None) -> dict:
     """Execute one notebook with papermill, injecting those of ``parameters`` it declares.
 
     The output notebook is written under a temporary name while it runs and renamed into
@@ -130,6 +131,8 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike,
             cell are injected (papermill's ``inspect_notebook``), the rest are ignored.
         cwd: the kernel's working directory; default the repository root (the parent of
             the notebook's folder), where the notebooks' relative defaults point.
+        declared: the notebook's parameters as ``papermill.inspect_notebook`` gives them,
+            when the caller has already read them; default: read here.
 
     Returns:
         The parameters injected.
@@ -140,7 +143,8 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike,
     import papermill
 
     notebook, output = Path(notebook), Path(output)
-    declared = papermill.inspect_notebook(str(notebook))
+    if declared is None:
+        declared = papermill.inspect_notebook(str(notebook))
     if "run_dir" in parameters and "run_dir" not in declared:
         # Without it the notebook would silently read and write its default run directory.
         raise ValueError(f"{notebook}: its parameters cell declares no run_dir (or papermill "
@@ -228,12 +232,14 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
                          f"({', '.join(available_profiles())}) nor a YAML file")
     run_dir = Path(out or Path("runs") / Path(profile).stem).resolve()
     selected = select_notebooks(notebook_sequence(notebooks_dir), only, start)
-    declared = set().union(*(papermill.inspect_notebook(str(notebook)) for notebook in selected))
-    unknown = sorted(set(parameters or {}) - declared)
+    # Read once: the check below and each notebook's injection both use it.
+    declared = {notebook: papermill.inspect_notebook(str(notebook)) for notebook in selected}
+    known = set().union(*declared.values())
+    unknown = sorted(set(parameters or {}) - known)
     if unknown:
         raise ValueError(f"parameter(s) {', '.join(unknown)} declared by none of "
                          f"{', '.join(notebook.stem for notebook in selected)}; they declare: "
-                         f"{', '.join(sorted(declared))}")
+                         f"{', '.join(sorted(known))}")
     candidates = {"run_dir": str(run_dir), "profile": str(profile),
                   "data_path": str(Path(data_path).resolve()) if data_path else "",
                   "show_images": images, "images": images, **(parameters or {})}
@@ -263,7 +269,8 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
         try:
             with _stderr_to(kernel_log):
                 record["parameters"] = execute_notebook(notebook, output, candidates,
-                                                        cwd=Path.cwd())
+                                                        cwd=Path.cwd(),
+                                                        declared=declared[notebook])
         except BaseException as error:
             record.update(status="failed", seconds=round(time.perf_counter() - notebook_start, 1))
             save(record)

@@ -1,7 +1,8 @@
 """The ``lhc run`` and ``lhc report`` subcommands, added to the ``lhc`` parser by :func:`add_cli`.
 
 - ``lhc run [--profile smoke|cpu|paper] [--data PATH] [--out runs/NAME] [--only 04,05]
-  [--from 03] [--no-images] [-p NAME VALUE ...]``: the notebook sequence (:func:`lhc.workbench.run_sequence`).
+  [--from 03] [--no-images] [-p NAME VALUE ...]``: the notebook sequence
+  (:func:`lhc.workbench.run_sequence`).
 - ``lhc report runs/NAME [--out reports/NAME] [--no-images]``: the HTML report
   (:func:`lhc.report.build_report`).
 """

@@ -14,9 +14,8 @@ patience and epoch limit. Stages (paper section 3, ``REFERENCE.md``):
 
 Every key is required except the stage keys of :data:`STAGE_DEFAULTS` (schedule, momentum,
 weight decay, label smoothing: the paper's plain constant-rate optimizers and cross-entropy
-when left out), and no other key is
-allowed; errors name the file, the line (1-based)
-and the key path, e.g. ``smoke.yaml, line 14: stages.stage1.batch_sise: unknown key``.
+when left out), and no other key is allowed; errors name the file, the line (1-based) and the
+key path, e.g. ``smoke.yaml, line 14: stages.stage1.batch_sise: unknown key``.
 """
 
 from __future__ import annotations
@@ -57,7 +56,8 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 # Stage keys a profile may leave out, with the value they then take: the paper's constant
-# learning rate, plain SGD (Keras's default, which the original code uses), no weight decay.
+# learning rate, plain SGD (Keras's default, which the original code uses), no weight decay,
+# plain cross-entropy.
 STAGE_DEFAULTS = {"schedule": "constant", "momentum": 0.0, "weight_decay": 0.0,
                   "label_smoothing": 0.0}
 AUGMENTATION_NAMES = ("stage1", "stage2", "stage3", "stage4", "none")
