@@ -234,13 +234,24 @@ class LHC(keras.layers.Layer):
             ops.transpose(scaled_query, (0, 1, 3, 2)), key_embed
         )  # (B, n, C, C), eqs. 11 and 14
 
-        # Softmax in at least float32 under mixed precision: in bf16 a row of up to 512
-        # terms loses its small weights entirely.
-        if keras.backend.standardize_dtype(normalised.dtype) in ("bfloat16", "float16"):
+        # Softmax in the compute dtype: TensorFlow's kernel accumulates a bf16 row's sum
+        # in float32 (tested), so bf16 copies cost no accuracy and save two casts of the
+        # (C, C) scores each way. Other backends give no such promise: upcast there, since a
+        # bf16 running sum over a row of up to 512 terms drops the small ones.
+        if keras.backend.backend() != "tensorflow" and keras.backend.standardize_dtype(
+            normalised.dtype
+        ) in ("bfloat16", "float16"):
             normalised = ops.cast(normalised, "float32")
         weights = ops.cast(ops.softmax(normalised, axis=-1), values.dtype)  # eq. 15
-        # eq. 16 in the transposed layout: A_h^T = v_h^T W_h^T.
-        head_outputs = ops.matmul(values, ops.transpose(weights, (0, 1, 3, 2)))  # (B, n, L, C)
+        if values.shape[-2] < self.channels:
+            # Bands shorter than C: A_h = W_h v_h, in the paper's (C, L) layout, moves only
+            # the small (L, C) tensors through transposes; the (C, C) weights stay put in
+            # both passes.
+            head_outputs = ops.matmul(weights, ops.transpose(values, (0, 1, 3, 2)))  # (B, n, C, L)
+            head_outputs = ops.transpose(head_outputs, (0, 1, 3, 2))  # (B, n, L, C)
+        else:
+            # eq. 16 in the transposed layout: A_h^T = v_h^T W_h^T.
+            head_outputs = ops.matmul(values, ops.transpose(weights, (0, 1, 3, 2)))  # (B, n, L, C)
         if self.head_layout == "global":
             # Full-map heads overlap: their outputs are averaged instead of put side by side.
             attention = ops.mean(head_outputs, axis=1)  # (B, H*W, C)

@@ -392,3 +392,28 @@ def test_mixed_bfloat16_close_to_float32():
     out_low = keras.ops.convert_to_numpy(keras.ops.cast(low(x), "float32"))
     # bf16 keeps 8 significant bits: relative error about 2^-8 per operation.
     assert np.max(np.abs(out_low - out_ref)) < 0.05 * np.max(np.abs(out_ref))
+
+
+def test_mixed_bfloat16_wide_rows_keep_every_weight():
+    # A 7x7x512 map with one head (the paper's fifth block): each softmax row has 512
+    # near-equal terms of about 1/512. A bf16 running sum would stall once its ulp exceeds
+    # twice a term and miss most of them; the weights must still sum to 1 and match float32.
+    rng = np.random.default_rng(7)
+    x = 0.1 * rng.normal(size=(2, 7, 7, 512)).astype("float32")
+    reference = LHC(1, 25)
+    reference.build(x.shape)
+    low = LHC(1, 25, dtype="mixed_bfloat16")
+    low.build(x.shape)
+    low.set_weights(reference.get_weights())
+    _, ref_analysis = reference(x, return_attention=True)
+    _, low_analysis = low(x, return_attention=True)
+    ref_weights = keras.ops.convert_to_numpy(ref_analysis["weights"])
+    low_weights = keras.ops.convert_to_numpy(keras.ops.cast(low_analysis["weights"], "float32"))
+    assert ref_weights.min() < 1.5 / 512  # the rows really are near-uniform
+    np.testing.assert_allclose(low_weights.sum(axis=-1), 1.0, atol=0.01)
+    # Each weight is one bf16 rounding (2^-9) of its scores and exponent away from float32.
+    np.testing.assert_allclose(low_weights, ref_weights, rtol=0.05)
+    ref_heads = keras.ops.convert_to_numpy(ref_analysis["head_outputs"])
+    low_heads = keras.ops.convert_to_numpy(
+        keras.ops.cast(low_analysis["head_outputs"], "float32"))
+    assert np.max(np.abs(low_heads - ref_heads)) < 0.03 * np.max(np.abs(ref_heads))
