@@ -13,6 +13,11 @@ import pytest
 
 from lhc.layers import LHC
 
+# float64 agreement with the transcription: TensorFlow reaches 1e-12; on JAX (x64 enabled)
+# Keras 3.15's ops.mean computes float64 in float32, which costs about 1e-8 through eq. 12.
+# Either is far inside the issue's 1e-5.
+FLOAT64_ATOL = 1e-7
+
 # ---------------------------------------------------------------- numpy transcription
 
 
@@ -133,13 +138,13 @@ def test_matches_numpy_transcription(height, width, channels, num_heads, head_di
     weights = _weights_as_numpy(layer)
     for b in range(2):
         ref_out, ref_w, ref_t, ref_a = np_lhc(x[b], weights, num_heads, head_dim, pool, g)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(out[b]), ref_out, atol=1e-10)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out[b]), ref_out, atol=FLOAT64_ATOL)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(analysis["weights"][b]), ref_w,
-                                   atol=1e-10)
+                                   atol=FLOAT64_ATOL)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(analysis["scales"][b]), ref_t,
-                                   atol=1e-10)
+                                   atol=FLOAT64_ATOL)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(analysis["head_outputs"][b]), ref_a,
-                                   atol=1e-10)
+                                   atol=FLOAT64_ATOL)
 
 
 @pytest.mark.parametrize("height,width,channels,num_heads,head_dim", [(4, 4, 3, 3, 5),
@@ -157,11 +162,11 @@ def test_global_head_layout_matches_transcription(height, width, channels, num_h
     for b in range(2):
         ref_out, ref_w, _, ref_a = np_lhc(x[b], weights, num_heads, head_dim, 3, 1.0,
                                           global_heads=True)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(out[b]), ref_out, atol=1e-10)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out[b]), ref_out, atol=FLOAT64_ATOL)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(analysis["weights"][b]), ref_w,
-                                   atol=1e-10)
+                                   atol=FLOAT64_ATOL)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(analysis["head_outputs"][b]),
-                                   ref_a, atol=1e-10)
+                                   ref_a, atol=FLOAT64_ATOL)
 
 
 def test_unknown_head_layout():
@@ -286,7 +291,7 @@ def test_gate_scales_attention_lhcnetc():
     gated.set_weights(plain.get_weights() + [np.array(-1.0)])
     attention = keras.ops.convert_to_numpy(plain(x)) - x
     expected = x + (1 + math.tanh(-1.0)) * attention
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(gated(x)), expected, atol=1e-12)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(gated(x)), expected, atol=FLOAT64_ATOL)
     assert float(keras.ops.convert_to_numpy(gated.gate)) == -1.0
 
 
@@ -347,6 +352,7 @@ def test_wrong_rank_and_unknown_sizes():
 # ---------------------------------------------------------------- gradients, serialisation
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="uses tf.GradientTape")
 def test_every_weight_gets_a_nonzero_gradient():
     import tensorflow as tf
 

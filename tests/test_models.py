@@ -269,6 +269,10 @@ def test_lhcc_gates_transfer_and_freezing(small_lhc_net):
     assert trainable == [f"lhc{i}/gate" for i in range(1, 6)]
     assert [v.path for v in model.trainable_weights] == trainable
 
+    # The untrained network's logits are huge: shrink the classifier so that its softmax is
+    # not saturated, since a saturated (clipped) probability passes no gradient on JAX.
+    classifier = model.get_layer("predictions")
+    classifier.kernel.assign(1e-3 * classifier.kernel.numpy())
     before = {v.path: np.array(v.numpy()) for v in model.weights}
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="categorical_crossentropy")
     labels = np.eye(7, dtype="float32")[[0, 3]]
