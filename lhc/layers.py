@@ -220,19 +220,25 @@ class LHC(keras.layers.Layer):
         """The attention term ``y`` of eq. 17, and the analysis tensors when asked."""
         values, query_embed, key_embed = self.embedded_heads(inputs)
 
-        # Dynamic scaling (eqs. 12-14), one sigmoid Dense shared by heads. Both steps avoid
-        # extra passes over the (C, C) scores: the row means of S_h = q~_h k~_h^T are
-        # q~_h times the mean key embedding (eq. 12), and dividing row i of S_h by
-        # d^(g + T_h[i]) (eq. 14) equals scaling query i before the product (eq. 11).
-        mean_key = ops.mean(key_embed, axis=-1, keepdims=True)  # (B, n, d, 1)
-        mean_scores = ops.sum(query_embed * mean_key, axis=-2)  # (B, n, C), eq. 12
+        # Dynamic scaling (eqs. 12-14), one sigmoid Dense shared by heads. The row means of
+        # S_h = q~_h k~_h^T are q~_h times the mean key embedding (eq. 12): one small matmul,
+        # no extra pass over the (C, C) scores.
+        mean_key = ops.expand_dims(ops.mean(key_embed, axis=-1), 2)  # (B, n, 1, d)
+        mean_scores = ops.matmul(mean_key, query_embed)  # (B, n, 1, C)
+        mean_scores = ops.reshape(mean_scores, (-1, self.num_heads, self.channels))  # (B, n, C), eq. 12
         scales = ops.sigmoid(ops.matmul(mean_scores, self.scale_kernel) + self.scale_bias)  # eq. 13
         # d^-(g + T) = exp(-(g + T) log d)
         inverse_temperature = ops.exp(-(self.scale_exponent + scales) * math.log(self.head_dim))
-        scaled_query = query_embed * inverse_temperature[:, :, None, :]  # (B, n, d, C)
-        normalised = ops.matmul(
-            ops.transpose(scaled_query, (0, 1, 3, 2)), key_embed
-        )  # (B, n, C, C), eqs. 11 and 14
+        if self.head_dim < self.channels:
+            # Dividing row i of S_h by d^(g + T_h[i]) (eq. 14) equals scaling query i before
+            # the product (eq. 11), and the (d, C) queries are the smaller tensor.
+            scaled_query = query_embed * inverse_temperature[:, :, None, :]  # (B, n, d, C)
+            normalised = ops.matmul(
+                ops.transpose(scaled_query, (0, 1, 3, 2)), key_embed
+            )  # (B, n, C, C), eqs. 11 and 14
+        else:
+            scores = ops.matmul(ops.transpose(query_embed, (0, 1, 3, 2)), key_embed)  # (B, n, C, C), eq. 11
+            normalised = scores * inverse_temperature[:, :, :, None]  # (B, n, C, C), eq. 14
 
         # Softmax in the compute dtype: TensorFlow's kernel accumulates a bf16 row's sum
         # in float32 (tested), so bf16 copies cost no accuracy and save two casts of the
