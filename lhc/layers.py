@@ -237,6 +237,7 @@ class LHC(keras.layers.Layer):
                 ops.transpose(scaled_query, (0, 1, 3, 2)), key_embed
             )  # (B, n, C, C), eqs. 11 and 14
         else:
+            # d >= C: the scores are the smaller tensor; eq. 14 as written.
             scores = ops.matmul(ops.transpose(query_embed, (0, 1, 3, 2)), key_embed)  # (B, n, C, C), eq. 11
             normalised = scores * inverse_temperature[:, :, :, None]  # (B, n, C, C), eq. 14
 
