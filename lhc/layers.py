@@ -56,6 +56,12 @@ class LHC(keras.layers.Layer):
             ``H*W/n`` positions) or ``"global"`` (the comparison arm of section 2.2: every
             head sees all ``H*W`` positions with its own Dense(H*W -> d), and the heads'
             outputs are averaged). Only ``"bands"`` needs ``n`` to divide ``H*W``.
+        value_initializer: initializer of the value convolution's kernel (eq. 3); the
+            original code's Keras default ``"glorot_uniform"``. ``"zeros"`` makes a module
+            start as the identity (V = 0, so the attention term is 0 and the output is x):
+            stage 4 then starts LHC-Net at its backbone's accuracy. The value kernel's
+            gradient does not vanish at V = 0, and the query, key and scale weights get
+            theirs from the first step on that leaves V non-zero.
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Call arguments:
@@ -83,6 +89,7 @@ class LHC(keras.layers.Layer):
         gate_init=None,
         enabled=True,
         head_layout="bands",
+        value_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,6 +122,7 @@ class LHC(keras.layers.Layer):
                 f"got {head_layout!r}."
             )
         self.head_layout = head_layout
+        self.value_initializer = keras.initializers.get(value_initializer)
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -142,7 +150,7 @@ class LHC(keras.layers.Layer):
         self.value_kernel = self.add_weight(
             name="value_kernel",
             shape=(kernel, kernel, channels, channels),
-            initializer="glorot_uniform",
+            initializer=self.value_initializer,
         )
         self.value_bias = self.add_weight(name="value_bias", shape=(channels,), initializer="zeros")
         # One Dense(L -> d) per head, stacked; initialised as a per-head Glorot-uniform Dense
@@ -289,6 +297,7 @@ class LHC(keras.layers.Layer):
                 "gate_init": self.gate_init,
                 "enabled": self.enabled,
                 "head_layout": self.head_layout,
+                "value_initializer": keras.initializers.serialize(self.value_initializer),
             }
         )
         return config

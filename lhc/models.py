@@ -306,6 +306,7 @@ def build_lhc_net(
     blocks: Sequence[LHCBlockSettings | Mapping] | None = None,
     enabled: bool = True,
     head_layout: str = "bands",
+    value_initializer="glorot_uniform",
 ) -> keras.Model:
     """LHC-Net (``variant="lhc"``) or LHC-NetC (``"lhcc"``): ResNet34v2 plus 5 LHC modules.
 
@@ -327,6 +328,8 @@ def build_lhc_net(
             a weight transfer or for ablations.
         head_layout: ``"bands"`` (the paper's local heads) or ``"global"`` (every head sees
             the whole map: the comparison arm of the head-correlation analysis, section 2.2).
+        value_initializer: the LHC modules' value-kernel initializer (:class:`lhc.layers.LHC`);
+            ``"zeros"`` starts every module as the identity.
 
     Returns:
         A functional ``keras.Model`` named ``lhc_net`` or ``lhc_netc``.
@@ -347,6 +350,7 @@ def build_lhc_net(
             gate_init=gate,
             enabled=enabled,
             head_layout=head_layout,
+            value_initializer=value_initializer,
             name=f"lhc{index}",
         )
         for index, (position, block, gate) in enumerate(

@@ -303,6 +303,38 @@ def test_disabled_layer_is_identity_but_keeps_weights():
     assert len(layer.weights) == 6
 
 
+def test_zero_value_init_starts_as_identity_then_trains():
+    # V = 0 gives A_h = W_h V_h = 0 (eq. 16): the output is x. The loss gradient reaches
+    # only the value weights through dA/dV = W; every other weight's gradient passes through
+    # dA/dW = V = 0. So plain SGD moves only the value kernel and bias on the first step,
+    # and everything from the second on.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(4, 4, 4, 3)).astype("float32")
+    target = rng.normal(size=x.shape).astype("float32")
+    inputs = keras.Input(x.shape[1:])
+    model = keras.Model(inputs, LHC(2, 3, value_initializer="zeros", name="lhc_id")(inputs))
+    np.testing.assert_array_equal(model.predict(x, verbose=0), x)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    layer = model.get_layer("lhc_id")
+
+    def weights():
+        return {v.name: keras.ops.convert_to_numpy(v).copy() for v in layer.trainable_weights}
+
+    start = weights()
+    model.train_on_batch(x, target)
+    first = weights()
+    moved = {name for name in start if not np.array_equal(start[name], first[name])}
+    assert moved == {"value_kernel", "value_bias"}
+    model.train_on_batch(x, target)
+    second = weights()
+    assert all(not np.array_equal(first[name], second[name]) for name in start), sorted(
+        name for name in start if np.array_equal(first[name], second[name]))
+    config = LHC(2, 3, value_initializer="zeros").get_config()
+    rebuilt = LHC.from_config(config)
+    rebuilt.build((None, 4, 4, 3))
+    assert not np.any(keras.ops.convert_to_numpy(rebuilt.value_kernel))
+
+
 def test_parameter_count_matches_reference_formula():
     height, width, channels, num_heads, head_dim, kernel = 6, 4, 5, 3, 4, 3
     layer = LHC(num_heads, head_dim, kernel_size=kernel)

@@ -216,10 +216,14 @@ def test_bad_arguments_are_named():
         models.LHCBlockSettings.from_value({"num_heads": 8})
 
 
-def test_transfer_then_disabled_modules_reproduce_the_backbone(small_resnet):
+# Two ways to make every module the identity: switched off, or value kernels starting at 0
+# (V = 0 makes the attention term 0, eq. 16).
+@pytest.mark.parametrize("identity", [{"enabled": False}, {"value_initializer": "zeros"}],
+                         ids=["disabled", "zero_values"])
+def test_transfer_then_identity_modules_reproduce_the_backbone(small_resnet, identity):
     blocks = [dict(num_heads=b.num_heads, head_dim=b.head_dim)
               for b in models.derive_block_settings(SMALL)[0]]
-    switched_off = models.build_lhc_net(SMALL, blocks=blocks, enabled=False)
+    switched_off = models.build_lhc_net(SMALL, blocks=blocks, **identity)
     report = models.transfer_backbone_weights(small_resnet, switched_off)
     assert report["copied"] == [layer.name for layer in small_resnet.layers if layer.weights]
     lhc_variables = [v.path for i in range(1, 6) for v in switched_off.get_layer(f"lhc{i}").weights]

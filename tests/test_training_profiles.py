@@ -152,6 +152,17 @@ def test_bad_values_name_file_line_and_key(tmp_path, old, new, key, expected):
     assert expected in message
 
 
+def test_lhc_value_init_is_optional_and_checked(tmp_path):
+    # Left out (the smoke and paper profiles): the original code's Glorot-uniform kernels.
+    assert load_profile("smoke").lhc_value_init == "glorot_uniform"
+    assert load_profile("cpu").lhc_value_init == "zeros"
+    path, line = write_variant(tmp_path, "seed: 0", "seed: 0\nlhc_value_init: ones")
+    with pytest.raises(ProfileError, match=re.escape(
+            f"{path}, line {line + 1}: lhc_value_init: expected one of "
+            "['glorot_uniform', 'zeros'], got 'ones'")):
+        load_profile(path)
+
+
 def test_block_heads_must_divide_the_map(tmp_path):
     # At 48x48 the third module sees 6x6 = 36 positions: 7 heads do not divide them.
     block = "{num_heads: %d, head_dim: 8, pool_size: 3, kernel_size: 3, scale_exponent: 1.0}"

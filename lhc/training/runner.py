@@ -397,7 +397,8 @@ def build_model(model_name: str, profile: Profile, num_classes: int) -> keras.Mo
     variant = "lhcc" if model_name == "lhc_netc" else "lhc"
     head_layout = "global" if model_name == "lhc_net_global" else "bands"
     return build_lhc_net(profile.input_size_shape, num_classes, variant=variant,
-                         blocks=profile.resolved_blocks(), head_layout=head_layout)
+                         blocks=profile.resolved_blocks(), head_layout=head_layout,
+                         value_initializer=profile.lhc_value_init)
 
 
 def _initialised_model(run_dir: Path, profile: Profile, state: dict, stage: str, track: str,
