@@ -122,7 +122,9 @@ class LHC(keras.layers.Layer):
                 f"got {head_layout!r}."
             )
         self.head_layout = head_layout
-        self.value_initializer = keras.initializers.get(value_initializer)
+        # Kept as given and resolved by add_weight in build(): building a random initializer
+        # here would draw its seed earlier and change every later layer's initial weights.
+        self.value_initializer = value_initializer
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -297,7 +299,9 @@ class LHC(keras.layers.Layer):
                 "gate_init": self.gate_init,
                 "enabled": self.enabled,
                 "head_layout": self.head_layout,
-                "value_initializer": keras.initializers.serialize(self.value_initializer),
+                "value_initializer": self.value_initializer
+                if isinstance(self.value_initializer, (str, dict))
+                else keras.initializers.serialize(self.value_initializer),
             }
         )
         return config
