@@ -60,8 +60,8 @@ class LHC(keras.layers.Layer):
             original code's Keras default ``"glorot_uniform"``. ``"zeros"`` makes a module
             start as the identity (V = 0, so the attention term is 0 and the output is x):
             stage 4 then starts LHC-Net at its backbone's accuracy. The value kernel's
-            gradient does not vanish at V = 0, and the query, key and scale weights get
-            theirs from the first step on that leaves V non-zero.
+            gradient does not vanish at V = 0; the query, key and scale weights get theirs
+            once V is non-zero, from the second training step on.
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Call arguments:

@@ -14,8 +14,9 @@ patience and epoch limit. Stages (paper section 3, ``REFERENCE.md``):
 
 Every key is required except ``lhc_value_init`` (``glorot_uniform`` when left out) and the
 stage keys of :data:`STAGE_DEFAULTS` (schedule, momentum, weight decay, label smoothing: the
-paper's plain constant-rate optimizers and cross-entropy when left out), and no other key is allowed; errors name the file, the line (1-based) and the
-key path, e.g. ``smoke.yaml, line 14: stages.stage1.batch_sise: unknown key``.
+paper's plain constant-rate optimizers and cross-entropy when left out), and no other key is
+allowed; errors name the file, the line (1-based) and the key path, e.g.
+``smoke.yaml, line 14: stages.stage1.batch_sise: unknown key``.
 """
 
 from __future__ import annotations
