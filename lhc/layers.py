@@ -299,9 +299,7 @@ class LHC(keras.layers.Layer):
                 "gate_init": self.gate_init,
                 "enabled": self.enabled,
                 "head_layout": self.head_layout,
-                "value_initializer": self.value_initializer
-                if isinstance(self.value_initializer, (str, dict))
-                else keras.initializers.serialize(self.value_initializer),
+                "value_initializer": keras.saving.serialize_keras_object(self.value_initializer),
             }
         )
         return config

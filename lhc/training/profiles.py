@@ -12,8 +12,8 @@ patience and epoch limit. Stages (paper section 3, ``REFERENCE.md``):
   trained alongside on the same data seeds; ``stage4`` is skipped and ``lhcc`` starts from the
   stage-3 LHC-Net.
 
-Every key is required except ``lhc_value_init`` (``glorot_uniform`` when left out) and the
-stage keys of :data:`STAGE_DEFAULTS` (schedule, momentum, weight decay, label smoothing: the
+Every key is required except those of :data:`PROFILE_DEFAULTS` (``lhc_value_init``:
+``glorot_uniform``) and the stage keys of :data:`STAGE_DEFAULTS` (schedule, momentum, weight decay, label smoothing: the
 paper's plain constant-rate optimizers and cross-entropy when left out), and no other key is
 allowed; errors name the file, the line (1-based) and the key path, e.g.
 ``smoke.yaml, line 14: stages.stage1.batch_sise: unknown key``.
@@ -55,6 +55,9 @@ MODES = ("modular", "standalone")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16")
 LHC_VALUE_INITS = ("glorot_uniform", "zeros")
+# Top-level keys a profile may leave out, with the value they then take: the original code's
+# Glorot-uniform LHC value kernels.
+PROFILE_DEFAULTS = {"lhc_value_init": "glorot_uniform"}
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 # Stage keys a profile may leave out, with the value they then take: the paper's constant
@@ -210,7 +213,7 @@ class Profile:
     imagenet_weights: str | None
     data: DataSettings
     stages: Mapping[str, StageSettings]
-    lhc_value_init: str = "glorot_uniform"
+    lhc_value_init: str = PROFILE_DEFAULTS["lhc_value_init"]
     source: str = dataclasses.field(default="<dict>", compare=False)
 
     def resolved_blocks(self) -> tuple:
@@ -374,7 +377,7 @@ def profile_from_dict(raw: Any, source: str = "<dict>",
     """
     check = _Checker(source, lines or {})
     top_keys = tuple(field.name for field in dataclasses.fields(Profile) if field.name != "source")
-    check.mapping(raw, (), top_keys, optional=("lhc_value_init",))
+    raw = {**PROFILE_DEFAULTS, **check.mapping(raw, (), top_keys, tuple(PROFILE_DEFAULTS))}
     name = raw["name"]
     if not isinstance(name, str) or not name or "/" in name:
         check.fail(("name",), f"expected a non-empty name without '/', got {name!r}")
@@ -394,8 +397,7 @@ def profile_from_dict(raw: Any, source: str = "<dict>",
         imagenet_weights=weights,
         data=_data(raw["data"], check),
         stages={stage: _stage(raw["stages"], stage, check) for stage in STAGES},
-        lhc_value_init=check.choice(raw.get("lhc_value_init", "glorot_uniform"),
-                                    ("lhc_value_init",), LHC_VALUE_INITS),
+        lhc_value_init=check.choice(raw["lhc_value_init"], ("lhc_value_init",), LHC_VALUE_INITS),
         source=source,
     )
 
