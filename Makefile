@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv run notebooks test lint bench lab clean
+.PHONY: venv run notebooks test nbval-drift lint bench lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ notebooks: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lhc tests benchmarks
 
+# --durations: the slowest tests, so that a slower machine's drift towards CI's limit shows.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+# The committed notebooks against a fresh smoke run under the numerics another CPU gives:
+# TensorFlow's own kernels instead of oneDNN's, then one thread (about 5 minutes each).
+nbval-drift: $(STAMP)
+	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -q tests/test_notebooks_nbval.py -k committed_outputs
+	TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 \
+	  $(PY) -m pytest -q tests/test_notebooks_nbval.py -k committed_outputs
 
 bench: $(STAMP)
 	$(PY) benchmarks/lhc_layer.py
