@@ -2,6 +2,7 @@
 #   make run    creates .venv, installs the project, runs the notebook sequence on the embedded
 #               default (synthetic data, smoke profile) and writes reports/smoke/report.html
 #   make test   creates .venv, installs the project with its test extras, runs ruff and pytest
+# Both install both backends (extras tf and jax): TensorFlow trains here, JAX is tested too.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[tf,jax,test]'
 	$(PY) -m ipykernel install --sys-prefix --name lhc --display-name "Python (lhc)" >/dev/null
 	touch $(STAMP)
 

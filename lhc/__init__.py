@@ -6,9 +6,9 @@ Modules, one job each:
 - :mod:`lhc.models`: ResNet34v2, LHC-Net, LHC-NetC, block settings and weight transfer.
 - :mod:`lhc.data`: FER2013 and FER+ readers with strict validation (``lhc.data.load_fer2013``),
   the synthetic default (``lhc.data.synthetic``), the data report (``lhc.data.report``) and
-  the ``tf.data`` input pipeline (``lhc.data.pipeline``).
+  the input pipeline on any backend (``lhc.data.pipeline``).
 - :mod:`lhc.training`: the paper's four-stage protocol as YAML profiles (``lhc/profiles``),
-  resumable, seeded runs, seed sweeps, ``tf.distribute`` strategies.
+  resumable, seeded runs on TensorFlow or JAX, seed sweeps, distribution over devices and hosts.
 - :mod:`lhc.efficiency`: the L1/G1 efficiency analysis of local against global heads
   (paper section 2.2, eqs. 21-26).
 - :mod:`lhc.plots`: the one figure style and atomic figure saving.

@@ -38,8 +38,9 @@ def _quiet_tensorflow() -> None:
     ``TF_CPP_MIN_LOG_LEVEL`` alone does not hide them; level 3 hides the later cuInit error
     on machines without a GPU. Set ``LHC_TF_LOGS=1`` to see them.
     """
-    if os.environ.get("LHC_TF_LOGS") == "1":
-        return
+    if os.environ.get("LHC_TF_LOGS") == "1" or os.environ.get("KERAS_BACKEND",
+                                                             "tensorflow") != "tensorflow":
+        return  # another backend never imports TensorFlow
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
@@ -48,7 +49,7 @@ def _quiet_tensorflow() -> None:
             os.dup2(devnull.fileno(), 2)
         import tensorflow  # noqa: F401
     except ImportError:
-        pass  # a backend without TensorFlow (KERAS_BACKEND=jax) has no such logs
+        pass  # an installation without TensorFlow has no such logs
     finally:
         os.dup2(saved, 2)
         os.close(saved)

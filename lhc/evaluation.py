@@ -176,12 +176,22 @@ def metrics_from_probabilities(probabilities, labels, class_names: Sequence[str]
     }
 
 
+def quiet_retracing_notes() -> None:
+    """Hide TensorFlow's notes that a predict function was retraced (each evaluated model
+    compiles its own); nothing to hide on another backend."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        tf.get_logger().setLevel("ERROR")
+
+
 def evaluate(model, images, labels, class_names: Sequence[str], *, image_size: int,
              tta="none", batch_size: int = 64, max_batch: int = 256) -> dict[str, Any]:
     """A model's metrics on a split, without and (when asked) with test-time augmentation.
 
     The images go through the training pipeline's preprocessing
-    (:func:`lhc.data.pipeline.make_dataset`: bilinear resize to ``image_size``, three equal
+    (:func:`lhc.data.pipeline.preprocess`: bilinear resize to ``image_size``, three equal
     channels, pixels in [0, 255]).
 
     Args:
@@ -199,19 +209,25 @@ def evaluate(model, images, labels, class_names: Sequence[str], *, image_size: i
         ``without_tta`` and ``with_tta`` (:func:`metrics_from_probabilities`; ``with_tta`` is
         None for ``"none"``).
     """
-    from lhc.data.pipeline import make_dataset
+    from lhc.data.pipeline import preprocessed_batches
     from lhc.tta import TTAPredictor, get_protocol
 
     protocol = get_protocol(tta)
-    dataset = make_dataset(np.asarray(images), np.asarray(labels), image_size=image_size,
-                           batch_size=batch_size, shuffle=False, num_classes=len(class_names))
-    plain = model.predict(dataset.map(lambda batch, _: batch), verbose=0)
+    predictor = TTAPredictor(model, protocol, max_batch=max_batch) if protocol.name != "none" \
+        else None
+    plain, augmented = [], []
+    # Batch by batch: at 224 the whole split at the model's size would not fit in memory.
+    for batch in preprocessed_batches(np.asarray(images), image_size, batch_size):
+        plain.append(model.predict(batch, batch_size=len(batch), verbose=0))
+        if predictor is not None:
+            augmented.append(predictor(batch))
     result = {"tta": protocol.to_dict(),
-              "without_tta": metrics_from_probabilities(plain, labels, class_names),
+              "without_tta": metrics_from_probabilities(np.concatenate(plain), labels,
+                                                        class_names),
               "with_tta": None}
-    if protocol.name != "none":
-        scores = TTAPredictor(model, protocol, max_batch=max_batch)(dataset)
-        result["with_tta"] = metrics_from_probabilities(scores, labels, class_names)
+    if predictor is not None:
+        result["with_tta"] = metrics_from_probabilities(np.concatenate(augmented), labels,
+                                                        class_names)
     result["accuracy"] = (result["with_tta"] or result["without_tta"])["accuracy"]
     return result
 

@@ -151,6 +151,19 @@ def tflite_bytes(model: keras.Model) -> bytes:
         return converter.convert()
 
 
+def require_tensorflow(format: str) -> None:
+    """Stop with a clear message when a TensorFlow-only format is asked for without TensorFlow.
+
+    Raises:
+        ValueError: TensorFlow cannot be imported (an installation with the extra ``jax`` only).
+    """
+    from lhc.training.distribute import tensorflow_available
+
+    if not tensorflow_available():
+        raise ValueError(f"export format {format!r} needs TensorFlow, which is not installed "
+                         "here: pip install -e '.[tf]' (the format keras needs no TensorFlow)")
+
+
 def export_model(model: keras.Model, format: str, out: str | os.PathLike) -> Path:
     """Write ``model`` to ``out`` in ``format`` (module docstring), atomically.
 
@@ -168,6 +181,8 @@ def export_model(model: keras.Model, format: str, out: str | os.PathLike) -> Pat
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format != "keras":
+        require_tensorflow(format)
     out = Path(out)
     if format == "keras":
         if out.suffix != ".keras":

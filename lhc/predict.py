@@ -12,7 +12,7 @@ The steps, for each image:
    tighter than FER2013's framing (chin to hairline, some background); pixels beyond the
    image's border repeat its edge. The crop is resized to 48x48 (area interpolation) and
    rounded to uint8: a FER2013-like face.
-4. The training pipeline's own preprocessing (:func:`lhc.data.pipeline.make_dataset`, no
+4. The training pipeline's own preprocessing (:func:`lhc.data.pipeline.preprocess`, no
    augmentation): bilinear resize to the model's input size, three equal channels, values in
    [0, 255].
 5. Probabilities from the model, or from test-time augmentation (:func:`lhc.tta.predict_tta`,
@@ -205,12 +205,9 @@ def preprocess(faces: np.ndarray, input_size: int) -> np.ndarray:
     Returns:
         float32 ``(N, S, S, 3)``: bilinear resize, three equal channels, values in [0, 255].
     """
-    from lhc.data.pipeline import make_dataset
+    from lhc.data import pipeline
 
-    dataset = make_dataset(faces, np.zeros(len(faces), np.int32), image_size=input_size,
-                           batch_size=len(faces), shuffle=False)
-    images, _ = next(iter(dataset))
-    return images.numpy()
+    return pipeline.preprocess(faces, input_size)
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Skipped]]:

@@ -57,7 +57,7 @@ import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -348,12 +348,15 @@ class TTAPredictor:
         """TTA scores of ``images``.
 
         Args:
-            images: float ``(N, S, S, C)`` model-ready images (e.g. pixels in [0, 255]), or a
-                ``tf.data.Dataset`` of batches of them (or of ``(images, labels)`` batches).
+            images: float ``(N, S, S, C)`` model-ready images (e.g. pixels in [0, 255]), an
+                iterator of batches of them, or a ``tf.data.Dataset`` of batches of them (or of
+                ``(images, labels)`` batches).
 
         Returns:
             float32 ``(N, K)``: the weighted sum of the views' scores over the divisor.
         """
+        if isinstance(images, Iterator):  # batches, e.g. lhc.data.pipeline.preprocessed_batches
+            return np.concatenate([self(batch) for batch in images])
         if _is_dataset(images):
             steps = images.map(lambda *element: element[0]).unbatch().batch(self.images_per_step)
             with warnings.catch_warnings():

@@ -15,7 +15,7 @@ import pytest
 matplotlib.use("Agg")
 
 from lhc.analysis import ablation  # noqa: E402
-from lhc.data.pipeline import make_dataset  # noqa: E402
+from lhc.data.pipeline import preprocess  # noqa: E402
 from lhc.layers import LHC  # noqa: E402
 from lhc.models import (  # noqa: E402
     build_lhc_net,
@@ -145,8 +145,7 @@ def test_accuracies_match_models_built_by_hand():
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, (40, 48, 48), dtype=np.uint8)
     labels = rng.integers(0, 7, 40)
-    ((x, _),) = make_dataset(images, labels, image_size=16, batch_size=40,
-                             shuffle=False).as_numpy_iterator()
+    x = preprocess(images, 16)
     initial = {name: [rng.normal(size=w.shape).astype("float32")
                       for w in model.get_layer(name).weights] for name in ("lhc_a", "lhc_b")}
     rows = ablation.ablate(model, images, labels, initial_weights=initial, batch_size=16)

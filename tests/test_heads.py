@@ -14,7 +14,7 @@ import pytest
 matplotlib.use("Agg")
 
 from lhc.analysis import heads  # noqa: E402
-from lhc.data.pipeline import make_dataset  # noqa: E402
+from lhc.data.pipeline import preprocess  # noqa: E402
 from lhc.models import build_lhc_net, derive_block_settings, lhc_feature_shapes  # noqa: E402
 
 SHAPE = (48, 48, 3)
@@ -111,8 +111,7 @@ def test_band_head_outputs_put_back_are_the_modules_residual_branch(local_model,
     """Eq. 17: the heads' bands, put back in reading order, are the module's output minus its
     input (the residual sum), read here from the model's own graph."""
     outputs = heads.head_outputs(local_model, images, batch_size=5)
-    ((x, _),) = make_dataset(images, np.zeros(5, np.int64), image_size=48, batch_size=5,
-                             shuffle=False).as_numpy_iterator()
+    x = preprocess(images, 48)
     for name in ("lhc1", "lhc3"):
         layer = local_model.get_layer(name)
         probe = keras.Model(local_model.input, [layer.input, layer.output])

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from lhc.data import FER2013_CLASSES  # noqa: E402
-from lhc.data.pipeline import make_dataset  # noqa: E402
+from lhc.data.pipeline import input_model  # noqa: E402
 from lhc.predict import (  # noqa: E402
     NO_FACE,
     Predictor,
@@ -134,8 +134,8 @@ def test_preprocess_is_the_bilinear_resize_to_three_equal_channels():
 def test_no_detect_face_gets_the_training_pipelines_probabilities(model_file, tmp_path):
     face = np.random.default_rng(4).integers(0, 256, (48, 48), dtype=np.uint8)
     model = keras.saving.load_model(model_file)
-    images, _ = next(iter(make_dataset(face[None], np.zeros(1, np.int64),
-                                       image_size=INPUT_SIZE, batch_size=1, shuffle=False)))
+    # What training feeds the model: the device-side inputs, outside training (no augmentation).
+    images = input_model(INPUT_SIZE)(face[None, :, :, None].astype("float32"), training=False)
     expected = keras.ops.convert_to_numpy(model(images, training=False))[0]
     assert expected.max() - expected.min() > 0.01  # probabilities that tell classes apart
 

@@ -16,7 +16,8 @@ def _normalise(requirement: str) -> tuple[str, str]:
 
 def test_environment_yml_lists_pyproject_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    declared = project["dependencies"] + extras["tf"] + extras["jax"] + extras["test"]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
     conda_listed = [line for line in pip_section if not line.startswith("-")]
@@ -30,3 +31,12 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
+
+
+def test_tensorflow_is_an_extra_not_a_requirement():
+    """pip install -e '.[jax]' must not bring TensorFlow: it lives in the extra "tf" alone."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {_normalise(requirement)[0] for requirement in project["dependencies"]}
+    assert not names & {"tensorflow", "tensorboard", "tensorflow-cpu"}
+    assert {_normalise(r)[0] for r in project["optional-dependencies"]["tf"]} >= {"tensorflow"}
+    assert {_normalise(r)[0] for r in project["optional-dependencies"]["jax"]} == {"jax"}

@@ -80,20 +80,17 @@ def model_input_batches(
     Yields:
         ``(batch, labels)``: float32 ``(B, S, S, 3)`` pixels in [0, 255] and int32 ``(B,)``.
     """
-    from lhc.data.pipeline import make_dataset
+    from lhc.data.pipeline import preprocessed_batches
 
     shape = tuple(model.input_shape[1:])
     if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 3 or shape[0] is None:
         raise ValueError(
             f"model '{model.name}' has input shape {shape}; expected a square (S, S, 3) input"
         )
-    if labels is None:
-        labels = np.zeros(len(images), np.int32)
-    dataset = make_dataset(
-        images, labels, image_size=shape[0], batch_size=batch_size, shuffle=False,
-        num_classes=model.output_shape[-1],
-    )
-    yield from dataset.as_numpy_iterator()
+    labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels, np.int32)
+    for start, batch in zip(range(0, len(images), batch_size),
+                            preprocessed_batches(images, shape[0], batch_size), strict=True):
+        yield batch, labels[start:start + batch_size]
 
 
 def module_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:

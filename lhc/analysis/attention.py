@@ -168,7 +168,7 @@ def model_inputs(model: keras.Model, images: np.ndarray) -> np.ndarray:
     Args:
         model: a model with a square ``(S, S, 3)`` input.
         images: grey uint8 ``(N, h, w)`` (e.g. the 48x48 FER2013 faces), resized as in training
-            by :func:`lhc.data.pipeline.make_dataset`, or float ``(N, S, S, 3)`` already at the
+            by :func:`lhc.data.pipeline.preprocess`, or float ``(N, S, S, 3)`` already at the
             model's size, returned as float32.
 
     Returns:
@@ -187,11 +187,9 @@ def model_inputs(model: keras.Model, images: np.ndarray) -> np.ndarray:
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be grey uint8 (N, h, w) or model-ready (N, "
                          f"{', '.join(map(str, expected))}); got {images.dtype} {images.shape}")
-    from lhc.data.pipeline import make_dataset
+    from lhc.data.pipeline import preprocess
 
-    dataset = make_dataset(images, np.zeros(len(images), dtype=np.int64), image_size=expected[0],
-                           batch_size=64, shuffle=False)
-    return np.concatenate([keras.ops.convert_to_numpy(batch) for batch, _ in dataset])
+    return preprocess(images, expected[0])
 
 
 class AttentionCollector:

@@ -4,8 +4,8 @@
 FER+ labels. Training -> train, PublicTest -> val, PrivateTest -> test (the paper's
 convention); when a split is absent the result says so and ``carve_test`` can carve a
 stratified test split from train. The synthetic default lives in :mod:`lhc.data.synthetic`,
-the ``tf.data`` pipeline in :mod:`lhc.data.pipeline` (imported on their own, so that reading
-data never imports TensorFlow).
+the input pipeline in :mod:`lhc.data.pipeline` (imported on their own, so that reading data
+never imports Keras).
 """
 
 from lhc.data.dataset import (

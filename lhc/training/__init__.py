@@ -3,10 +3,15 @@
 Modules, one job each:
 
 - :mod:`lhc.training.profiles`: profiles (``lhc/profiles/*.yaml``) validated into dataclasses.
-- :mod:`lhc.training.distribute`: ``tf.distribute`` strategies and precision policies.
+- :mod:`lhc.training.registry`: the models a profile can name, and their builders.
+- :mod:`lhc.training.layout`: where everything of a run directory lives (``RunLayout``).
+- :mod:`lhc.training.distribute`: distribution over devices and hosts on TensorFlow
+  (``tf.distribute``) or JAX (``keras.distribution``), precision policies, determinism.
+- :mod:`lhc.training.callbacks`: divergence guard, epoch order, early stopping + checkpoints.
+- :mod:`lhc.training.stage`: one model through one stage: build, one ``fit``, finish.
 - :mod:`lhc.training.checkpoints`: per-epoch checkpoints written atomically, and reading them.
-- :mod:`lhc.training.runner`: :func:`train` and :func:`resume`: run directories, stages, early
-  stopping, the divergence guard, the acceptance rule, ``metrics.json``.
+- :mod:`lhc.training.runner`: :func:`train` and :func:`resume`: a run's stages in order, the
+  acceptance rule, ``metrics.json``.
 - :mod:`lhc.training.sweeps`: :func:`sweep`, the paper's seed sets A, B and C.
 - :mod:`lhc.training.figures`: learning curves of a run.
 - :mod:`lhc.training.commands`: the ``lhc train`` and ``lhc sweep`` subcommands.

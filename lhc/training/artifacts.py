@@ -14,17 +14,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from lhc.training.layout import RunLayout, StageLayout
 from lhc.training.profiles import Profile, load_profile
-from lhc.training.runner import (
-    FINAL_WEIGHTS,
-    INITIAL_LHC_WEIGHTS,
-    PROFILE_FILE,
-    RUN_STATE,
-    STAGE_LABELS,
-    build_model,
-    finished_folder,
-    load_data,
-)
+from lhc.training.registry import build_model
+from lhc.training.runner import STAGE_LABELS, load_data
+from lhc.training.stage import finished_folder
 
 __all__ = ["load_initial_lhc_weights", "load_run", "load_run_data", "load_trained_model",
            "profile_data"]
@@ -32,12 +26,12 @@ __all__ = ["load_initial_lhc_weights", "load_run", "load_run_data", "load_traine
 
 def load_run(run_dir: str | Path) -> tuple[Profile, dict]:
     """The run's resolved profile and its state (``run.json``: data path, stages, ...)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / RUN_STATE).exists():
+    layout = RunLayout(run_dir)
+    if not layout.state.exists():
         raise FileNotFoundError(
-            f"{run_dir}: not a run directory (no {RUN_STATE}); create one with e.g. "
+            f"{run_dir}: not a run directory (no {layout.state.name}); create one with e.g. "
             f"`lhc train --profile smoke --out {run_dir}`")
-    return load_profile(run_dir / PROFILE_FILE), json.loads((run_dir / RUN_STATE).read_text())
+    return load_profile(layout.profile), json.loads(layout.state.read_text())
 
 
 def profile_data(profile: Profile | str, data_path: str | None, run_dir: str | Path):
@@ -69,8 +63,9 @@ def load_initial_lhc_weights(run_dir: str | Path, stage: str = "stage4",
     run_dir = Path(run_dir)
     _, state = load_run(run_dir)
     stage = STAGE_LABELS.get(stage, stage)
-    folder = finished_folder(run_dir, state, stage, model) or run_dir / "stages" / stage / model
-    path = folder / INITIAL_LHC_WEIGHTS
+    folder = finished_folder(run_dir, state, stage, model)
+    files = StageLayout(folder) if folder else RunLayout(run_dir).stage(stage, model)
+    path = files.initial_lhc_weights
     if not path.exists():
         raise FileNotFoundError(f"{path}: no initial LHC weights kept for {stage}/{model}")
     with np.load(path) as stored:
@@ -102,12 +97,12 @@ def load_trained_model(run_dir: str | Path, stage: str = "stage4", model: str = 
     stage = STAGE_LABELS.get(stage, stage)
     folder = finished_folder(run_dir, state, stage, model)
     if folder is None:
-        finished = sorted(f"{path.parent.parent.name}/{path.parent.name}"
-                          for path in run_dir.glob(f"stages/*/*/{FINAL_WEIGHTS}"))
+        finished = [f"{done_stage}/{done_model}"
+                    for done_stage, done_model in RunLayout(run_dir).finished()]
         raise FileNotFoundError(
             f"{run_dir}: no finished {stage}/{model}; finished here: {finished or 'none'}")
     if num_classes is None:
         num_classes = len(load_run_data(run_dir).class_names)
     trained = build_model(model, profile, num_classes)
-    trained.load_weights(folder / FINAL_WEIGHTS)
+    trained.load_weights(StageLayout(folder).final_weights)
     return trained

@@ -19,8 +19,10 @@ epoch and the epochs named in ``keep`` (the early-stopping best, whose weights a
 restored at the end of the stage) stay on disk.
 
 The RNG state is what Keras keeps besides the weights: the states of the model's seed
-generators (its dropout layers draw their masks from them). The data pipeline's randomness is
-seeded from (seed, stage, epoch) by the runner, so the epoch number restores it.
+generators. The training model's augmentation layers (:func:`lhc.data.pipeline.with_inputs`)
+draw their transformations from them, and ``save_weights`` does not store them, so they are
+saved here. The order of the batches is a permutation of (seed, stage, epoch), so the epoch
+number restores it.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def save_checkpoint(folder: str | Path, epoch: int, model: keras.Model, progress
     with atomic_path(target / WEIGHTS, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
     with atomic_path(target / RNG, suffix=".npz") as tmp:
-        np.savez(tmp, *[np.asarray(variable.numpy()) for variable in rng_variables(model)])
+        np.savez(tmp, *[keras.ops.convert_to_numpy(variable) for variable in rng_variables(model)])
     write_json(target / PROGRESS, {**progress, "epoch": epoch,
                                    "optimizer_steps": _steps(model.optimizer)})
     write_json(Path(folder) / POINTER, {"epoch": epoch, "folder": target.name})

@@ -11,6 +11,7 @@ TensorFlow is imported only when a command runs.
 from __future__ import annotations
 
 import argparse
+import os
 
 __all__ = ["add_cli"]
 
@@ -36,6 +37,16 @@ def add_cli(subparsers) -> None:
                        help="continue an interrupted run; takes no other option")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                        help="0 silent, 1 progress bars, 2 one line per epoch")
+    hosts = train.add_argument_group(
+        "several hosts (strategy multi_worker, KERAS_BACKEND=jax): the same command on every "
+        "host, each with its own --process-id")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address (sets KERAS_DISTRIBUTION_JOB_ADDRESSES)")
+    hosts.add_argument("--num-processes", type=int,
+                       help="processes in all (sets KERAS_DISTRIBUTION_NUM_PROCESSES)")
+    hosts.add_argument("--process-id", type=int,
+                       help="this process's index, 0 on the coordinator "
+                            "(sets KERAS_DISTRIBUTION_PROCESS_ID)")
     train.set_defaults(func=_cmd_train, parser=train)
 
     sweep = subparsers.add_parser(
@@ -53,6 +64,13 @@ def add_cli(subparsers) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from lhc.training import resume, train
+
+    # keras.distribution.initialize reads these when the run's strategy is multi_worker.
+    for flag, variable in (("coordinator", "KERAS_DISTRIBUTION_JOB_ADDRESSES"),
+                           ("num_processes", "KERAS_DISTRIBUTION_NUM_PROCESSES"),
+                           ("process_id", "KERAS_DISTRIBUTION_PROCESS_ID")):
+        if getattr(args, flag) is not None:
+            os.environ[variable] = str(getattr(args, flag))
 
     if args.resume:
         given = [name for name in ("profile", "data", "out", "seed", "imagenet_weights",

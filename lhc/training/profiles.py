@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from lhc.training.registry import MODEL_BUILDERS
+
 __all__ = [
     "MODELS",
     "STAGES",
@@ -44,8 +46,9 @@ __all__ = [
 ]
 
 STAGES = ("stage1", "stage2", "stage3", "stage4", "lhcc")
-# lhc_net_global: LHC-Net with full-map heads, the head-correlation comparison arm (section 2.2).
-MODELS = ("resnet34v2", "lhc_net", "lhc_netc", "lhc_net_global")
+# The model registry's names (lhc.training.registry): resnet34v2, lhc_net, lhc_netc and
+# lhc_net_global (full-map heads, the head-correlation comparison arm of section 2.2).
+MODELS = tuple(MODEL_BUILDERS)
 # Which models each stage may train (section docstring).
 STAGE_MODELS = {
     "stage1": ("resnet34v2",), "stage2": ("resnet34v2",), "stage3": ("resnet34v2",),
@@ -173,7 +176,7 @@ class DataSettings:
         carve_test: fraction of each class carved from train as a test split when the source
             has none (the shared FER2013 withholds PrivateTest), or None.
         paper_jpeg: feed training images through the paper's JPEG round trip
-            (:func:`lhc.data.pipeline.make_dataset`).
+            (:func:`lhc.data.pipeline.paper_jpeg_cache`).
     """
 
     n: int

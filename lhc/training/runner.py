@@ -1,24 +1,14 @@
 """Runs of the paper's protocol: :func:`train` and :func:`resume` (paper section 3).
 
-A run directory holds everything about one run and survives interruption, even kill -9::
+A run directory holds everything about one run and survives interruption, even kill -9; its
+layout is :class:`lhc.training.layout.RunLayout`'s. Each stage is one
+:func:`lhc.training.stage.run_stage`: build, one ``fit``, finish.
 
-    runs/<name>/
-      profile.yaml                      the resolved profile (block settings written out)
-      run.json                          data path, stages requested, start_from, divergence
-      data/                             the synthetic data set, when no data path is given
-      stages/<stage>/<model>/
-        history.csv                     one row per epoch (loss, accuracy, val_*, lr, seconds)
-        checkpoints/                    per-epoch checkpoints (lhc.training.checkpoints)
-        final.weights.h5                the stage's result: best epoch's weights (when done)
-        initial_lhc_weights.npz         the LHC modules' starting weights (models with LHC)
-        summary.json                    the stage's metrics; its presence marks the stage done
-      tensorboard/<stage>_<model>/      keras.callbacks.TensorBoard logs
-      metrics.json                      everything above summarised, rewritten after each stage
-
-Training is seeded and deterministic on one machine: each stage seeds Python, NumPy, TF and
-Keras from (seed, stage) before building its model, TensorFlow's op determinism is on, and
-every epoch's batches and augmentation are drawn from (seed, stage, epoch), so a resumed run
-sees exactly the batches the uninterrupted one saw. Early stopping follows Keras'
+Training is seeded and deterministic on one machine, on TensorFlow and on JAX: each stage seeds
+Python, NumPy and Keras (and TensorFlow, whose op determinism is on) from (seed, stage) before
+building its model; every epoch's order is a permutation of (seed, stage, epoch), and the
+augmentation layers' seed states travel in each checkpoint, so a resumed run sees exactly the
+batches the uninterrupted one saw. Early stopping follows Keras'
 ``EarlyStopping(monitor="val_accuracy", restore_best_weights=True)``: the stage stops after
 ``patience`` epochs without a strictly higher validation accuracy, and ends with the best
 epoch's weights. A NaN or infinite training loss stops the stage and the run, marks it
@@ -33,45 +23,35 @@ for the backbone, stage 4's best epoch for the new model).
 from __future__ import annotations
 
 import csv
-import dataclasses
-import io
 import json
 import math
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import keras
-import numpy as np
-
-from lhc._io import atomic_path, write_json, write_text
-from lhc.training.checkpoints import epoch_folder, load_checkpoint, save_checkpoint
-from lhc.training.distribute import (
-    check_strategy,
-    jit_compile,
-    make_deterministic,
-    make_strategy,
-    precision_policy,
-)
+from lhc._io import write_json, write_text
+from lhc.training.callbacks import HISTORY_COLUMNS, KERAS_METRICS, DivergenceGuard
+from lhc.training.distribute import check_strategy, make_strategy, precision_policy
+from lhc.training.layout import RunLayout
 from lhc.training.profiles import STAGES, Profile, load_profile
+from lhc.training.registry import build_model
+from lhc.training.stage import finished_folder, predecessor, run_stage, stage_tracks
 
-__all__ = ["ACCEPTANCE_FACTOR", "DivergenceGuard", "acceptance", "parse_stages", "read_history",
-           "resume", "stage_tracks", "train"]
+__all__ = ["ACCEPTANCE_FACTOR", "HISTORY_COLUMNS", "KERAS_METRICS", "DivergenceGuard",
+           "acceptance", "build_model", "finished_folder", "load_data", "parse_stages",
+           "read_history", "resume", "stage_tracks", "train"]
 
 ACCEPTANCE_FACTOR = 1.1
 # Synthetic data and carved test splits are drawn with this seed, never the run's: every run
 # of a seed sweep then trains and is judged on the same images.
 DATA_SEED = 0
 STAGE_LABELS = {"1": "stage1", "2": "stage2", "3": "stage3", "4": "stage4", "C": "lhcc"}
-KERAS_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-HISTORY_COLUMNS = ("epoch", *KERAS_METRICS, "learning_rate", "seconds")
-RUN_STATE = "run.json"
-PROFILE_FILE = "profile.yaml"
-METRICS_FILE = "metrics.json"
-SUMMARY_FILE = "summary.json"
-FINAL_WEIGHTS = "final.weights.h5"
-INITIAL_LHC_WEIGHTS = "initial_lhc_weights.npz"
+# File names inside a run directory, for the modules that still name them (RunLayout has all).
+RUN_STATE = RunLayout(".").state.name
+PROFILE_FILE = RunLayout(".").profile.name
+METRICS_FILE = RunLayout(".").metrics.name
+SUMMARY_FILE = RunLayout(".").stage("s", "m").summary.name
+FINAL_WEIGHTS = RunLayout(".").stage("s", "m").final_weights.name
+INITIAL_LHC_WEIGHTS = RunLayout(".").stage("s", "m").initial_lhc_weights.name
 # What the notebook sequence (lhc run) writes into a run directory before training starts.
 WORKBENCH_ENTRIES = {"notebooks", "workbench.json", "data", "cache", "figures", "data_report.json"}
 
@@ -115,32 +95,6 @@ def parse_stages(spec: str | list | tuple) -> tuple[str, ...]:
     return tuple(STAGES[position] for position in ordered)
 
 
-def stage_tracks(profile: Profile, stage: str) -> tuple[str, ...]:
-    """The models a stage trains: one in modular mode; LHC-Net and ResNet34v2 side by side in
-    stages 1-3 of standalone mode, where stage 4 trains none."""
-    if profile.mode == "standalone" and stage != "lhcc":
-        return () if stage == "stage4" else ("lhc_net", "resnet34v2")
-    return (profile.stages[stage].model,)
-
-
-def _predecessor(profile: Profile, stage: str, track: str) -> tuple[str, str] | None:
-    """The (stage, model) whose final weights a stage's model starts from; None for stage 1."""
-    position = STAGES.index(stage)
-    if position == 0:
-        return None
-    previous = STAGES[position - 1]
-    if not stage_tracks(profile, previous):
-        previous = STAGES[position - 2]
-    tracks = stage_tracks(profile, previous)
-    if track in tracks:
-        return previous, track
-    if track == "lhc_netc" and "lhc_net" not in tracks:
-        raise ValueError(f"{profile.source}: stage lhcc trains LHC-NetC from a trained LHC-Net, "
-                         f"but {previous} trains {list(tracks)}; set stages.{previous}.model to "
-                         "lhc_net or leave out stage C")
-    return previous, "lhc_net" if track == "lhc_netc" else tracks[0]
-
-
 def acceptance(backbone_train_loss: float, final_train_loss: float,
                factor: float = ACCEPTANCE_FACTOR) -> dict[str, Any]:
     """The paper's acceptance rule for stage 4 (section 3, "Stage 4").
@@ -166,37 +120,6 @@ def acceptance(backbone_train_loss: float, final_train_loss: float,
             "factor": factor, "backbone_train_loss": backbone_train_loss,
             "final_train_loss": final_train_loss if finite else None, "limit": limit,
             "kept": kept, "reason": reason}
-
-
-class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first NaN or infinite training loss and records where."""
-
-    def __init__(self):
-        super().__init__()
-        self.failure: dict[str, Any] | None = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._check(logs, batch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check(logs, None)
-
-    def _check(self, logs, batch):
-        loss = (logs or {}).get("loss")
-        if self.failure is None and loss is not None and not math.isfinite(float(loss)):
-            self.failure = {"batch": batch, "loss": str(float(loss))}
-            self.model.stop_training = True
-
-
-class _StopAfterOneEpoch(keras.callbacks.Callback):
-    # fit() runs one epoch per call, so that every epoch gets its own seeded data; asking for
-    # all epochs and stopping after one keeps Keras' "Epoch k/max" progress line right.
-    def on_epoch_end(self, epoch, logs=None):
-        self.model.stop_training = True
-
-
-def _derive_seed(seed: int, *parts: int) -> int:
-    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _check_imagenet_weights(profile: Profile) -> None:
@@ -324,12 +247,12 @@ def _execute(run_dir: Path, verbose: int) -> dict[str, Any]:
           f"seed {profile.seed}, data {data.source} "
           f"({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
     with precision_policy(profile.precision):
-        strategy = make_strategy(profile.strategy)
+        placement = make_strategy(profile.strategy)
         for stage in state["stages"]:
             results = {}
             for track in stage_tracks(profile, stage):
-                results[track] = _run_stage(run_dir, profile, state, stage, track, data,
-                                            strategy, verbose)
+                results[track] = run_stage(run_dir, profile, state, stage, track, data,
+                                           placement, verbose)
                 if "diverged" in results[track]:
                     state["diverged"] = results[track]["diverged"]
                     write_json(run_dir / RUN_STATE, state)
@@ -348,21 +271,11 @@ def _execute(run_dir: Path, verbose: int) -> dict[str, Any]:
     return _write_metrics(run_dir, profile, state, data)
 
 
-def finished_folder(run_dir: Path, state: dict, stage: str, track: str) -> Path | None:
-    """Folder of a finished (stage, model): this run's, else ``start_from``'s; None if neither."""
-    roots = [run_dir] + ([Path(state["start_from"])] if state["start_from"] else [])
-    for root in roots:
-        folder = root / "stages" / stage / track
-        if (folder / SUMMARY_FILE).exists():
-            return folder
-    return None
-
-
 def _check_predecessors(run_dir: Path, profile: Profile, state: dict) -> None:
     """Every requested stage's predecessor is finished or requested before it."""
     for stage in state["stages"]:
         for track in stage_tracks(profile, stage):
-            needed = _predecessor(profile, stage, track)
+            needed = predecessor(profile, stage, track)
             if (needed and needed[0] not in state["stages"]
                     and finished_folder(run_dir, state, *needed) is None):
                 elsewhere = f" nor in {state['start_from']}" if state["start_from"] else ""
@@ -387,179 +300,6 @@ def load_data(profile: Profile, data_path: str | None, run_dir: Path):
         raise ValueError(f"{path}: training needs a train split (Training) and a val split "
                          f"(PublicTest, for early stopping); found {list(data.splits)}")
     return data
-
-
-def build_model(model_name: str, profile: Profile, num_classes: int) -> keras.Model:
-    from lhc.models import build_lhc_net, build_resnet34v2
-
-    if model_name == "resnet34v2":
-        return build_resnet34v2(profile.input_size_shape, num_classes)
-    variant = "lhcc" if model_name == "lhc_netc" else "lhc"
-    head_layout = "global" if model_name == "lhc_net_global" else "bands"
-    return build_lhc_net(profile.input_size_shape, num_classes, variant=variant,
-                         blocks=profile.resolved_blocks(), head_layout=head_layout,
-                         value_initializer=profile.lhc_value_init)
-
-
-def _initialised_model(run_dir: Path, profile: Profile, state: dict, stage: str, track: str,
-                       num_classes: int) -> tuple[keras.Model, str]:
-    """Build a stage's model with its starting weights; call inside the strategy's scope.
-
-    Stage 1 starts from scratch or ImageNet; in standalone mode LHC-Net's backbone starts from
-    exactly the weights the ResNet34v2 beside it starts from (built first, same seed). Later
-    stages start from the predecessor's final weights, copied by layer name when the model
-    changes (:func:`lhc.models.transfer_backbone_weights`).
-    """
-    from lhc.models import load_backbone_weights, transfer_backbone_weights
-
-    needed = _predecessor(profile, stage, track)
-    if needed is None:
-        donor = build_model("resnet34v2", profile, num_classes)
-        origin = "scratch"
-        if profile.imagenet_weights:
-            load_backbone_weights(donor, profile.imagenet_weights)
-            origin = f"ImageNet weights {profile.imagenet_weights}"
-        if track == "resnet34v2":
-            return donor, origin
-    else:
-        source = finished_folder(run_dir, state, *needed) / FINAL_WEIGHTS
-        origin = str(source)
-        if needed[1] == track:
-            model = build_model(track, profile, num_classes)
-            model.load_weights(source)
-            return model, origin
-        donor = build_model(needed[1], profile, num_classes)
-        donor.load_weights(source)
-    model = build_model(track, profile, num_classes)
-    transfer_backbone_weights(donor, model)
-    return model, f"{origin} ({donor.name} weights copied by layer name)"
-
-
-def _run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: str, data,
-               strategy, verbose: int) -> dict[str, Any]:
-    """Train one model through one stage; returns its summary or ``{"diverged": ...}``."""
-    from lhc.data.pipeline import make_dataset
-    from lhc.models import freeze_all_but_gates
-
-    stage_dir = run_dir / "stages" / stage / track
-    checkpoint_dir = stage_dir / "checkpoints"
-    if (stage_dir / SUMMARY_FILE).exists():
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # left when killed while finishing
-        summary = json.loads((stage_dir / SUMMARY_FILE).read_text())
-        print(f"{stage} {track}: already done (val_accuracy {summary['val_accuracy']:.4f})")
-        return summary
-    started = time.monotonic()
-    settings = profile.stages[stage]
-    stage_number = STAGES.index(stage) + 1
-    num_classes = len(data.class_names)
-    make_deterministic(_derive_seed(profile.seed, stage_number))
-    with strategy.scope():
-        model, origin = _initialised_model(run_dir, profile, state, stage, track, num_classes)
-        if track == "lhc_netc":
-            freeze_all_but_gates(model)
-        steps_per_epoch = math.ceil(len(data.splits["train"].labels) / settings.batch_size)
-        model.compile(optimizer=settings.make_optimizer(steps_per_epoch), loss=settings.make_loss(),
-                      metrics=["accuracy"], jit_compile=jit_compile())
-        model.optimizer.build(model.trainable_variables)
-    progress = load_checkpoint(checkpoint_dir, model)
-    if progress is None:
-        progress = {"best_value": None, "best_epoch": None, "wait": 0, "history": [],
-                    "wall_seconds": 0.0, "initialised_from": origin}
-        epoch = 0
-        _save_initial_lhc_weights(stage_dir / INITIAL_LHC_WEIGHTS, model)
-    else:
-        epoch = progress.pop("epoch")
-        progress.pop("optimizer_steps")
-        print(f"{stage} {track}: resuming after epoch {epoch} from {checkpoint_dir}")
-
-    splits = data.splits
-    augmentation = settings.make_augmentation()
-    val_data = make_dataset(splits["val"].images, splits["val"].labels,
-                            image_size=profile.input_size, batch_size=settings.batch_size,
-                            shuffle=False, num_classes=num_classes)
-    tensorboard = keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / f"{stage}_{track}"),
-                                              write_graph=False, profile_batch=0)
-    guard = DivergenceGuard()
-    while epoch < settings.max_epochs and progress["wait"] < settings.patience:
-        train_data = make_dataset(
-            splits["train"].images, splits["train"].labels, image_size=profile.input_size,
-            batch_size=settings.batch_size, augmentation=augmentation, shuffle=True,
-            seed=_derive_seed(profile.seed, stage_number, epoch), num_classes=num_classes,
-            paper_jpeg=profile.data.paper_jpeg,
-            jpeg_cache_dir=run_dir / "cache" if profile.data.paper_jpeg else None)
-        epoch_started = time.monotonic()
-        logs = model.fit(train_data, validation_data=val_data, initial_epoch=epoch,
-                         epochs=settings.max_epochs, verbose=verbose, shuffle=False,
-                         callbacks=[guard, _StopAfterOneEpoch(), tensorboard]).history
-        if guard.failure:
-            last_good = str(epoch_folder(checkpoint_dir, epoch)) if epoch else None
-            return {"diverged": {"stage": stage, "model": track, "epoch": epoch + 1,
-                                 **guard.failure, "last_good_checkpoint": last_good}}
-        epoch += 1
-        row = {"epoch": epoch, **{key: float(logs[key][-1]) for key in KERAS_METRICS},
-               "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
-               "seconds": round(time.monotonic() - epoch_started, 3)}
-        progress["history"].append(row)
-        progress["wait"] += 1
-        if progress["best_value"] is None or row["val_accuracy"] > progress["best_value"]:
-            progress.update(best_value=row["val_accuracy"], best_epoch=epoch, wait=0)
-        progress["wall_seconds"] += time.monotonic() - started
-        started = time.monotonic()
-        save_checkpoint(checkpoint_dir, epoch, model, progress, keep=[progress["best_epoch"]])
-        _write_history(stage_dir / "history.csv", progress["history"])
-
-    model.load_weights(epoch_folder(checkpoint_dir, progress["best_epoch"]) / "model.weights.h5")
-    best = progress["history"][progress["best_epoch"] - 1]
-    summary = {
-        "stage": stage, "model": track, "epochs_run": epoch, "best_epoch": progress["best_epoch"],
-        "stopped_by": "patience" if progress["wait"] >= settings.patience else "max_epochs",
-        "train_loss": best["loss"], "train_accuracy": best["accuracy"],
-        "val_loss": best["val_loss"], "val_accuracy": best["val_accuracy"],
-        "params": model.count_params(),
-        "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
-        "initialised_from": progress["initialised_from"], "settings": dataclasses.asdict(settings),
-    }
-    if "test" in splits:
-        test_data = make_dataset(splits["test"].images, splits["test"].labels,
-                                 image_size=profile.input_size, batch_size=settings.batch_size,
-                                 shuffle=False, num_classes=num_classes)
-        scores = model.evaluate(test_data, verbose=0, return_dict=True)
-        summary.update(test_loss=float(scores["loss"]), test_accuracy=float(scores["accuracy"]))
-    # Saved from an uncompiled copy: a compiled model's file would carry its optimizer too.
-    result = build_model(track, profile, num_classes)
-    result.set_weights(model.get_weights())
-    with atomic_path(stage_dir / FINAL_WEIGHTS, suffix=".weights.h5") as tmp:
-        result.save_weights(tmp)
-    summary["wall_seconds"] = round(progress["wall_seconds"] + time.monotonic() - started, 1)
-    write_json(stage_dir / SUMMARY_FILE, summary)
-    # The final weights are the stage's result; per-epoch checkpoints only served resumption.
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    test = f", test_accuracy {summary['test_accuracy']:.4f}" if "test_accuracy" in summary else ""
-    print(f"{stage} {track}: {epoch} epochs ({summary['stopped_by']}), best epoch "
-          f"{summary['best_epoch']}: val_accuracy {summary['val_accuracy']:.4f}, val_loss "
-          f"{summary['val_loss']:.4f}, train_loss {summary['train_loss']:.4f}{test}; "
-          f"{summary['wall_seconds']:.0f} s")
-    return summary
-
-
-def _save_initial_lhc_weights(path: Path, model: keras.Model) -> None:
-    """Keep the LHC modules' starting weights: the ablations' "de-train" resets to them."""
-    from lhc.layers import LHC
-
-    arrays = {f"{layer.name}/{index}": np.asarray(weight)
-              for layer in model.layers if isinstance(layer, LHC)
-              for index, weight in enumerate(layer.get_weights())}
-    if arrays:
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays)
-
-
-def _write_history(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
 
 
 def read_history(run_dir: str | Path, stage: str, model: str | None = None) -> list[dict]:

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from lhc._io import write_json
+from lhc.training.layout import RunLayout
 from lhc.training.profiles import Profile, load_profile
-from lhc.training.runner import SUMMARY_FILE, train
+from lhc.training.runner import train
 
 __all__ = ["ARMS", "GLOBAL_ARM", "parse_seeds", "sweep", "train_global_arm"]
 
@@ -82,9 +83,10 @@ def sweep(profile: Profile | str, seeds: str | Iterable[int], arms: Iterable[str
     if base is None:
         base = out / "base"
         train(profile, data_path, out=base, stages="1-3", verbose=verbose)
-    elif not (Path(base) / "stages" / "stage3" / "resnet34v2" / SUMMARY_FILE).exists():
-        raise ValueError(f"{base}: no finished stage 3 (stages/stage3/resnet34v2/{SUMMARY_FILE}); "
-                         "a sweep's base run must have done stages 1-3")
+    elif not RunLayout(base).stage("stage3", "resnet34v2").done:
+        raise ValueError(f"{base}: no finished stage 3 "
+                         f"({RunLayout(base).stage('stage3', 'resnet34v2').summary}); a sweep's "
+                         "base run must have done stages 1-3")
     runs = {}
     for arm in arms:
         model, stages = ARMS[arm]
