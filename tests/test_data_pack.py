@@ -146,6 +146,14 @@ def test_pack_from_an_absolute_path_names_files_relative_to_their_folder(synthet
                                   written.images[written.usage == "Training"])
 
 
+def test_a_pack_of_a_pack_keeps_the_original_names(synthetic_csv, tmp_path):
+    csv_path, _ = synthetic_csv
+    first = pack.write_pack(csv_path, tmp_path / "first.lhcpack").path
+    second = pack.read_pack(pack.write_pack(first, tmp_path / "second.lhcpack").path)
+    assert_same_data(pack.read_pack(first), second)
+    assert second.splits["val"].provenance.files == ("fer2013.csv",)
+
+
 def flip_byte(path, offset):
     blob = bytearray(path.read_bytes())
     blob[offset] ^= 0x01
@@ -239,3 +247,8 @@ def test_real_data_pack_is_small_and_exact(tmp_path):
     assert_same_data(from_csv, from_pack, file_name=lambda file: Path(file).name)
     assert from_pack.splits["train"].provenance[0] == "fer2013.csv.gz, line 2"
     print(f"real pack: {info.num_bytes:,} bytes, loaded in {seconds:.2f} s")
+    # The shared file is written as unpack writes: the unpacked CSV is the original's bytes.
+    unpacked = tmp_path / "fer2013.csv"
+    assert pack.unpack_to_csv(info.path, unpacked) == 32298
+    original = hashlib.sha256(gzip.decompress(REAL_CSV.read_bytes())).hexdigest()
+    assert hashlib.sha256(unpacked.read_bytes()).hexdigest() == original
