@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from lhc.data.dataset import IMAGE_SIZE, DataError
 
@@ -93,6 +92,10 @@ def decode_image(data: bytes, file: str, allow_resize: bool,
     Returns:
         The image (None when it was recorded as an error) and whether it was resized.
     """
+    # Imported here, not at the top: reading a CSV or a data pack needs no image codec, and
+    # the GPU machine that unpacks the data has none.
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decode now, so that a truncated file fails here
