@@ -453,8 +453,16 @@ def findings_table(findings: Sequence[dict], width: int = 100) -> str:
     return "\n".join(lines)
 
 
+# The box behind a hatched cell's number: white, borderless, tight around the text.
+_HATCHED_LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none",
+                     "alpha": 0.9}
+
+
 def plot_section_map(spatial_size, head_dim, num_heads):
     """Map of L1/G1 over every ``(A, B)`` with ``A + B <= n``; global-favoured cells hatched.
+
+    Each cell's number is written on it; on hatched cells over a white box
+    (``_HATCHED_LABEL_BOX``), as hatch lines through the digits make them unreadable.
 
     Args:
         spatial_size: ``H*W``.
@@ -479,13 +487,16 @@ def plot_section_map(spatial_size, head_dim, num_heads):
                       norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
     for row in rows:
         a, b = row.single_sections, row.double_sections
-        # White text where the colour is dark enough to hide black text.
-        colour = "white" if abs(log_ratio[b, a]) > 0.6 * bound else "black"
+        hatched = row.favoured == "global"
+        # White text where the colour is dark enough to hide black text; on a hatched cell,
+        # black text on a white box, which the hatch lines cannot cross.
+        colour = "white" if abs(log_ratio[b, a]) > 0.6 * bound and not hatched else "black"
+        box = _HATCHED_LABEL_BOX if hatched else None
         ax.text(a, b, f"{float(row.l1 / row.g1):.2f}", ha="center", va="center", fontsize=8,
-                color=colour)
-        if row.favoured == "global":
+                color=colour, bbox=box, zorder=4)
+        if hatched:
             ax.add_patch(plt.Rectangle((a - 0.5, b - 0.5), 1, 1, fill=False, hatch="///",
-                                       edgecolor="black", linewidth=0.0))
+                                       edgecolor="black", linewidth=0.0, zorder=3))
     ax.add_patch(plt.Rectangle((0, 0), 0, 0, fill=False, hatch="///", edgecolor="black",
                                linewidth=0.0, label="L1 < G1: global head more efficient"))
     ax.text(0, 0, "undef.", ha="center", va="center", fontsize=7)

@@ -116,6 +116,7 @@ def test_table_has_every_subset_with_heads_counted_from_the_block_settings(model
              zip(NAMES, derive_block_settings(SHAPE)[0], strict=True)}
     all_subsets = {frozenset(s) for size in range(6) for s in itertools.combinations(NAMES, size)}
     assert len(rows) == 64
+    assert {row["num_images"] for row in rows} == {2}
     for mode in ("switch_off", "detrain"):
         mode_rows = [row for row in rows if row["mode"] == mode]
         assert len(mode_rows) == 32
@@ -223,9 +224,68 @@ def test_figures_draw_one_bar_per_combination():
     rows = paper_like_rows(0.02)
     fig = ablation.ablation_figure(rows, "switch_off")
     assert len(fig.axes[0].patches) == 32
+    assert "no error bars" in fig.axes[0].get_title()  # the rows give no num_images
     plt.close(fig)
     fig = ablation.ablation_heads_figure(rows)
     assert len(fig.axes[0].collections[0].get_offsets()) == 32
+    plt.close(fig)
+
+
+def measured_rows(num_images=800, seed=0):
+    """Both modes of the paper's five modules, accuracies k/n within a point of each other."""
+    heads = dict(zip(NAMES, (8, 8, 7, 7, 1), strict=True))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for mode in ablation.ABLATION_MODES:
+        for subset in ablation.module_subsets(NAMES):
+            correct = 520 if not subset else int(rng.integers(515, 528))
+            rows.append({"mode": mode, "modules_off": subset,
+                         "heads_off": sum(heads[name] for name in subset), "heads_total": 31,
+                         "accuracy": correct / num_images, "num_images": num_images})
+    return rows
+
+
+def test_ablation_bars_are_differences_to_the_full_model_with_binomial_errors():
+    import matplotlib.pyplot as plt
+    from matplotlib.container import BarContainer
+
+    rows = measured_rows()
+    fig = ablation.ablation_figure(rows, "detrain")
+    mode_rows = [row for row in rows if row["mode"] == "detrain"]
+    full = mode_rows[0]["accuracy"]
+    (bars,) = [item for item in fig.axes[0].containers if isinstance(item, BarContainer)]
+    heights = [patch.get_height() for patch in bars.patches]
+    np.testing.assert_allclose(heights, [100 * (row["accuracy"] - full) for row in mode_rows])
+    # Half the length of each error bar: one standard error, sqrt(p (1 - p) / n), in points.
+    segments = bars.errorbar.lines[2][0].get_segments()
+    half_lengths = [(segment[1][1] - segment[0][1]) / 2 for segment in segments]
+    expected = [100 * (row["accuracy"] * (1 - row["accuracy"]) / 800) ** 0.5
+                for row in mode_rows]
+    np.testing.assert_allclose(half_lengths, expected)
+    centres = [(segment[1][1] + segment[0][1]) / 2 for segment in segments]
+    np.testing.assert_allclose(centres, heights, atol=1e-12)
+    # The differences span about two points: the axis is scaled to them, not to 0..1.
+    low, high = fig.axes[0].get_ylim()
+    assert -10 < low < min(heights) and max(heights) < high < 10
+    assert "800 images" in " ".join(text.get_text() for text in
+                                    fig.axes[0].get_legend().get_texts())
+    plt.close(fig)
+    assert ablation.accuracy_standard_error(0.5, 100) == pytest.approx(0.05)
+
+
+def test_heads_figure_shows_both_modes_and_names_the_tolerance():
+    import matplotlib.pyplot as plt
+
+    rows = measured_rows()
+    fig = ablation.ablation_heads_figure(rows, tolerance=0.005)
+    switched_off, detrained = fig.axes[0].collections
+    # Hollow de-trained squares under the filled switched-off dots: both stay visible.
+    assert switched_off.get_zorder() > detrained.get_zorder()
+    assert not np.any(detrained.get_facecolors()[:, 3:])  # no face: "none" or transparent
+    assert switched_off.get_facecolors()[:, 3].min() > 0
+    assert switched_off.get_sizes()[0] < detrained.get_sizes()[0]
+    legend = " ".join(text.get_text() for text in fig.axes[0].get_legend().get_texts())
+    assert "minus the 0.5-point tolerance" in legend and "full model's accuracy" in legend
     plt.close(fig)
 
 

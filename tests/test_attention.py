@@ -244,6 +244,81 @@ def test_figures_render_headless():
     np.testing.assert_array_equal(weights_image, analysis["lhc"].weights[0, 1])
 
 
+def hand_analysis(weights, scales):
+    """An analysis of one global-head module from hand-written W_h ``(1, n, C, C)``, T_h."""
+    _, num_heads, channels, _ = weights.shape
+    module = attention.ModuleAttention(
+        name="deep", height=2, width=2, channels=channels, num_heads=num_heads, head_dim=8,
+        scale_exponent=1.0, head_layout="global", weights=weights.astype(np.float32),
+        scales=scales.astype(np.float32),
+        head_outputs=np.zeros((1, num_heads, channels, 4), np.float32))
+    return attention.AttentionAnalysis(modules={"deep": module}, image_size=(4, 4),
+                                       probabilities=np.full((1, 3), 1 / 3, np.float32))
+
+
+def near_uniform_weights(channels=512, num_heads=2, one_hot_rows=4, seed=0):
+    """Rows near 1/C, as in the deepest module, and a few one-hot rows that reach 1."""
+    rng = np.random.default_rng(seed)
+    weights = np.exp(rng.normal(0, 0.3, (1, num_heads, channels, channels)))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    for row in range(one_hot_rows):
+        weights[0, 0, row] = 0.0
+        weights[0, 0, row, row] = 1.0
+    return weights
+
+
+def test_weights_colours_scale_to_the_modules_99th_percentile():
+    import matplotlib.pyplot as plt
+
+    weights = near_uniform_weights()
+    analysis = hand_analysis(weights, np.full((1, 2, 512), 0.5))
+    fig = attention.attention_weights_figure(analysis, "deep", 1, 0)
+    image = fig.axes[0].get_images()[0]
+    expected = np.quantile(weights[0].astype(np.float32), 0.99)  # over both heads
+    assert image.norm.vmin == 0
+    assert image.norm.vmax == pytest.approx(expected, rel=1e-6)
+    assert 1 / 512 < image.norm.vmax < 0.01  # not the 1.0 of the one-hot rows
+    label = fig.axes[1].get_ylabel()
+    assert "99th percentile" in label and f"{expected:.2g}" in label and "1/512" in label
+    plt.close(fig)
+
+
+def test_weights_colours_of_one_hot_rows_scale_to_the_maximum():
+    import matplotlib.pyplot as plt
+
+    # Every row one-hot: over 99% of the weights are 0, so the percentile would show nothing.
+    weights = np.zeros((1, 1, 128, 128))
+    weights[0, 0, np.arange(128), (np.arange(128) * 7) % 128] = 1.0
+    assert np.quantile(weights, 0.99) == 0
+    analysis = hand_analysis(weights, np.full((1, 1, 128), 0.5))
+    fig = attention.attention_weights_figure(analysis, "deep", 0, 0)
+    assert fig.axes[0].get_images()[0].norm.vmax == 1.0
+    assert "maximum" in fig.axes[1].get_ylabel()
+    plt.close(fig)
+
+
+def test_scales_figure_draws_every_heads_values_sorted():
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(3)
+    scales = rng.uniform(0, 1, (1, 3, 128))
+    scales[0, 1, :40] = 1.0  # saturated channels, as trained scales often are
+    scales[0, 1, 40:] = 0.0
+    analysis = hand_analysis(near_uniform_weights(128, 3), scales)
+    fig = attention.scales_figure(analysis, "deep", 0, head=1)
+    ax = fig.axes[0]
+    drawn = [line for line in ax.lines if len(line.get_ydata())]
+    assert len(drawn) == 3
+    others = [np.sort(scales[0, head])[::-1] for head in (0, 2)]
+    for line, expected in zip(drawn, [*others, np.sort(scales[0, 1])[::-1]], strict=True):
+        np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-6)
+    # x: the share of channels, 0..1, so 128 and 512 channels read on one axis.
+    np.testing.assert_allclose(drawn[-1].get_xdata(), (np.arange(128) + 0.5) / 128)
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend[0] == f"head 1: {40 / 128:.0%} of channels above 0.5"
+    plt.close(fig)
+
+
 class CountingCollector:
     """Wraps an AttentionCollector's collect to count forward passes."""
 

@@ -159,6 +159,26 @@ def test_duplicates_figure_bars_carry_the_report_numbers(tiny):
     bars = [patch for patch in right.patches if isinstance(patch, Rectangle)]
     # Three kinds per split (train, val, test): blanks, repeated within, also elsewhere.
     assert [bar.get_height() for bar in bars] == [1, 1, 0, 2, 0, 1, 3, 3, 2]
+    assert left.get_xlim()[0] == 0 and right.get_ylim()[0] == 0
+    assert not [text for ax in (left, right) for text in ax.texts if "no " in text.get_text()]
+    plt.close(fig)
+
+
+def test_duplicates_figure_says_so_when_there_are_none():
+    rng = np.random.default_rng(1)
+    distinct = make_data({name: (list(rng.integers(1, 256, (rows, 48, 48))), [0] * rows)
+                          for name, rows in (("train", 6), ("val", 2), ("test", 2))})
+    fig = duplicates_figure(data_report(distinct))
+    fig.canvas.draw()
+    left, right = fig.get_axes()
+    assert all(patch.get_width() == 0 for patch in left.patches)
+    assert any("no duplicates" in text.get_text() for text in left.texts)
+    assert any("no blank images" in text.get_text() for text in right.texts)
+    assert right.get_legend() is None  # no bar to name
+    # Axes from 0 with integer ticks, not matplotlib's -0.06..0.06 around zero-length bars.
+    assert left.get_xlim()[0] == 0 and right.get_ylim()[0] == 0
+    for ticks in (left.get_xticks(), right.get_yticks()):
+        np.testing.assert_array_equal(ticks, np.round(ticks))
     plt.close(fig)
 
 

@@ -166,6 +166,20 @@ def test_figures():
     section_map = efficiency.plot_section_map(PAPER_HW, PAPER_DIM, PAPER_HEADS)
     hatched = [p for p in section_map.axes[0].patches if p.get_hatch() and p.get_width() > 0]
     assert len(hatched) == 12
+    # Every hatched cell's number stands on an opaque white box above the hatch: readable.
+    cells = {(round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in hatched}
+    section_map.canvas.draw()
+    numbers = {text.get_position(): text for text in section_map.axes[0].texts
+               if text.get_text()[:1].isdigit()}
+    assert len(numbers) == 44  # every (A, B) with A + B <= 8 but (0, 0)
+    for position, text in numbers.items():
+        box = text.get_bbox_patch()
+        if position in cells:
+            assert box is not None and box.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+            assert box.get_alpha() >= 0.85 and text.get_color() == "black"
+            assert text.get_zorder() > hatched[0].get_zorder()
+        else:
+            assert box is None
     sweeps = efficiency.plot_threshold_sweeps(max_heads=8, ratio_heads=(2, 8))
     assert len(sweeps.axes) == 2
     assert len(sweeps.axes[0].lines[0].get_xdata()) == 8

@@ -182,4 +182,12 @@ def test_figures(local_model, global_model, images):
     plt.close(fig)
     fig = heads.local_global_figure(comparison)
     assert len(fig.axes[0].patches) == 2 * 6
+    # The legend stands outside the axes: it covers neither the 93% line nor a marker.
+    fig.canvas.draw()
+    axes_box = fig.axes[0].get_window_extent()
+    legend_box = fig.axes[0].get_legend().get_window_extent()
+    assert legend_box.x0 >= axes_box.x1
+    assert not fig.axes[0].texts  # the paper's values are named in the legend
+    legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert "paper: Transformer (up to) 93%" in legend and "paper: LHC-Net 63%" in legend
     plt.close(fig)

@@ -37,6 +37,7 @@ __all__ = [
     "ablation_figure",
     "ablation_heatmap",
     "ablation_heads_figure",
+    "accuracy_standard_error",
     "initial_lhc_weights",
     "lhc_modules",
     "model_input_batches",
@@ -252,7 +253,8 @@ def ablate(
     Returns:
         One dict per (mode, subset), ``len(modes) * 2**num_modules`` rows, in the order of
         :func:`module_subsets`: ``mode``, ``modules_off`` (tuple of names), ``heads_off``
-        (heads in those modules), ``heads_total``, ``accuracy``.
+        (heads in those modules), ``heads_total``, ``accuracy``, ``num_images`` (the images
+        the accuracy is measured on, for its standard error: :func:`accuracy_standard_error`).
     """
     modes = _check_modes(modes)
     layers = lhc_modules(model)
@@ -272,6 +274,7 @@ def ablate(
                 "heads_off": sum(heads[name] for name in subset),
                 "heads_total": sum(heads.values()),
                 "accuracy": _accuracy(copy, images, labels, batch_size),
+                "num_images": len(labels),
             })
     return rows
 
@@ -318,18 +321,61 @@ def _module_order(rows: Sequence[dict]) -> tuple[str, ...]:
     return max((row["modules_off"] for row in rows), key=len)
 
 
-def ablation_figure(rows: Sequence[dict], mode: str):
-    """Accuracy of every combination of one mode: bars above, the ablated modules below.
+def accuracy_standard_error(accuracy, num_images):
+    """Binomial standard error of an accuracy measured on ``num_images`` images.
 
-    The lower panel is a modules x combinations grid with the ablated modules filled; dashed
-    lines mark the full model and the all-ablated model.
+    ``sqrt(p (1 - p) / n)``: how far the accuracy of one model moves from one draw of ``n``
+    test images to another. The ablation figures use it as the standard error of a
+    combination's difference to the full model (:func:`ablation_figure`).
+
+    Args:
+        accuracy: ``p``, a fraction in [0, 1] (scalar or array).
+        num_images: ``n``, the images the accuracy was measured on.
+
+    Returns:
+        The standard error as a fraction (scalar or array, like ``accuracy``).
+    """
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    return np.sqrt(accuracy * (1.0 - accuracy) / num_images)
+
+
+def _num_images(rows: Sequence[dict]) -> int | None:
+    """The images every row was measured on, or None when the rows do not say (older tables)."""
+    counts = {row.get("num_images") for row in rows}
+    if len(counts) != 1 or None in counts:
+        return None
+    return int(counts.pop())
+
+
+def ablation_figure(rows: Sequence[dict], mode: str):
+    """Each combination's accuracy minus the full model's, in points, with standard errors.
+
+    Every combination of one mode is measured against the full model (nothing ablated) on the
+    same images, so the bars show the difference ``p_subset - p_full`` in percentage points;
+    the accuracies themselves (e.g. all within 0.649-0.659) would be bars of one height. The
+    error bar of each is one binomial standard error
+
+        SE = sqrt(p (1 - p) / n),
+
+    with ``p`` the combination's accuracy and ``n`` the rows' ``num_images``
+    (:func:`accuracy_standard_error`): the full model is the fixed reference, and the error
+    says how much the combination's accuracy moves from one draw of ``n`` images to another.
+    Two models scored on independent image sets would differ by ``sqrt(2)`` times more; on
+    shared images the spread of a difference shrinks as the two models agree image by image
+    (ablations of one model agree on most), which this formula, with no per-image data, does
+    not count: the bars err wide, not narrow. The grey band is +-2 SE of the full model's
+    accuracy: a difference inside it is noise. Rows without ``num_images`` (tables from before it was recorded) are
+    drawn without error bars or band, and the title says so.
+
+    The lower panel is a modules x combinations grid with the ablated modules filled.
 
     Args:
         rows: the table of :func:`ablate`.
         mode: the mode to draw.
 
     Returns:
-        A matplotlib Figure.
+        A matplotlib Figure; its first Axes holds the bars (a ``BarContainer``, heights in
+        points, its ``errorbar`` the standard errors).
     """
     import matplotlib.pyplot as plt
 
@@ -340,24 +386,42 @@ def ablation_figure(rows: Sequence[dict], mode: str):
     if not mode_rows:
         raise ValueError(f"rows hold no '{mode}' combination")
     names = _module_order(mode_rows)
+    full = next((row for row in mode_rows if not row["modules_off"]), None)
+    if full is None:
+        raise ValueError(f"rows hold no '{mode}' combination with no module off: nothing to "
+                         "measure the differences against")
     positions = np.arange(len(mode_rows))
     grid = np.array([[name in row["modules_off"] for row in mode_rows] for name in names])
+    accuracy = np.array([row["accuracy"] for row in mode_rows])
+    difference = 100.0 * (accuracy - full["accuracy"])  # percentage points
+    num_images = _num_images(mode_rows)
+    errors = None if num_images is None else 100.0 * accuracy_standard_error(accuracy, num_images)
+
     fig, (bars_ax, grid_ax) = plt.subplots(
-        2, 1, sharex=True, figsize=(max(7.0, 0.28 * len(mode_rows) + 2), 5.2),
+        2, 1, sharex=True, figsize=(max(7.0, 0.28 * len(mode_rows) + 2), 5.6),
         gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.05},
     )
     colours = plt.get_cmap("viridis")(grid.sum(axis=0) / max(1, len(names)))
-    bars_ax.bar(positions, [row["accuracy"] for row in mode_rows], color=colours)
-    for row, style, label in ((mode_rows[0], "--", "full model"),
-                              (mode_rows[-1], ":", f"all {MODE_TITLES[mode]}")):
-        bars_ax.axhline(row["accuracy"], color="black", linestyle=style, linewidth=1,
-                        label=f"{label}: {row['accuracy']:.3f}")
-    bars_ax.set_ylabel("accuracy")
-    # Headroom above the tallest bar keeps the legend off the bars.
-    bars_ax.set_ylim(0, 1.25 * max(row["accuracy"] for row in mode_rows) + 1e-3)
-    bars_ax.legend(loc="upper right", ncol=2)
-    bars_ax.set_title(f"LHC modules {MODE_TITLES[mode]}: accuracy of all {len(mode_rows)} "
-                      "combinations, no retraining")
+    bars_ax.bar(positions, difference, color=colours, yerr=errors, ecolor="0.2",
+                error_kw={"elinewidth": 1, "capsize": 2})
+    bars_ax.axhline(0, color="black", linewidth=1,
+                    label=f"full model: {full['accuracy']:.1%}"
+                    + ("" if num_images is None else f" of {num_images} images"))
+    reach = np.abs(difference) + (0 if errors is None else errors)
+    if num_images is not None:
+        noise = 2 * 100.0 * float(accuracy_standard_error(full["accuracy"], num_images))
+        bars_ax.axhspan(-noise, noise, color="0.5", alpha=0.2, zorder=0,
+                        label=f"\u00b12 SE of the full model ({noise:.1f} points): noise")
+        reach = np.append(reach, noise)
+    # Symmetric limits, with headroom above for the legend.
+    bound = max(float(reach.max()), 0.5)
+    bars_ax.set_ylim(-1.15 * bound, 1.6 * bound)
+    bars_ax.set_ylabel("accuracy \u2212 full model's\n(percentage points)")
+    bars_ax.legend(loc="upper right", ncol=2, fontsize=9)
+    error_note = ("error bars: \u00b11 SE = sqrt(p(1-p)/n)" if num_images is not None
+                  else "no error bars: the rows do not give num_images")
+    bars_ax.set_title(f"LHC modules {MODE_TITLES[mode]}: all {len(mode_rows)} combinations "
+                      f"against the full model, no retraining\n{error_note}")
     grid_ax.imshow(grid, aspect="auto", cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
     grid_ax.set_yticks(range(len(names)), names)
     grid_ax.set_xticks(positions, [str(row["heads_off"]) for row in mode_rows], fontsize=7)
@@ -367,30 +431,47 @@ def ablation_figure(rows: Sequence[dict], mode: str):
     return fig
 
 
+# Per mode: marker, size, filled. The de-trained squares are drawn large and hollow, below
+# the small filled switched-off dots, so that both show where a combination scores the same
+# in both modes (as it does whenever de-training and switching off agree).
+_HEADS_MARKERS = {"switch_off": ("o", 28, True), "detrain": ("s", 90, False)}
+
+
 def ablation_heads_figure(rows: Sequence[dict], tolerance: float = 0.005):
     """Accuracy against the fraction of heads kept, every combination of every mode.
 
-    A grey band shows the full model's accuracy minus ``tolerance``; the dotted vertical line
-    is the paper's finding, 16 of 31 heads (52%) needed.
+    A grey band shows the accuracies counted as keeping the full model's (at least its
+    accuracy minus ``tolerance``, as in :func:`smallest_sufficient_subset`); the dotted
+    vertical line is the paper's finding, 16 of 31 heads (52%) needed. Switched-off
+    combinations are small filled dots drawn over large hollow de-trained squares.
+
+    Args:
+        rows: the table of :func:`ablate`.
+        tolerance: accuracy drop (a fraction, 0.005 = half a point) still counted as kept.
 
     Returns:
-        A matplotlib Figure.
+        A matplotlib Figure; its Axes' ``collections`` are the modes' scatters, in the order
+        of :data:`ABLATION_MODES`.
     """
     import matplotlib.pyplot as plt
 
     from lhc.plots import apply_style
 
     apply_style()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
     modes = [mode for mode in ABLATION_MODES if any(row["mode"] == mode for row in rows)]
-    for mode, marker in zip(modes, ("o", "s"), strict=False):
+    for order, mode in enumerate(modes):
         mode_rows = [row for row in rows if row["mode"] == mode]
         kept = [1 - row["heads_off"] / row["heads_total"] for row in mode_rows]
-        ax.scatter(kept, [row["accuracy"] for row in mode_rows], marker=marker, alpha=0.75,
-                   label=MODE_TITLES[mode])
+        marker, size, filled = _HEADS_MARKERS[mode]
+        colour = f"C{order}"
+        ax.scatter(kept, [row["accuracy"] for row in mode_rows], marker=marker, s=size,
+                   facecolors=colour if filled else "none", edgecolors=colour, linewidths=1.5,
+                   zorder=3 if filled else 2, label=MODE_TITLES[mode])
     full_accuracy = next(row["accuracy"] for row in rows if not row["modules_off"])
     ax.axhspan(full_accuracy - tolerance, full_accuracy, color="grey", alpha=0.25,
-               label=f"full model - {tolerance:g}")
+               label=f"full model's accuracy ({full_accuracy:.1%})\nminus the "
+                     f"{100 * tolerance:g}-point tolerance")
     ax.axvline(PAPER_HEADS_NEEDED / PAPER_HEADS_TOTAL, color="black", linestyle=":",
                label=f"paper: {PAPER_HEADS_NEEDED}/{PAPER_HEADS_TOTAL} heads needed")
     ax.set_xlabel("fraction of heads kept (not ablated)")

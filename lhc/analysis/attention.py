@@ -58,6 +58,7 @@ __all__ = [
     "prediction_overlays_figure",
     "scales_figure",
     "temperature_figure",
+    "weights_colour_limit",
 ]
 
 CONTRIBUTION_REDUCTIONS = ("l2", "sum")
@@ -486,12 +487,54 @@ def overlay_figure(image: np.ndarray | None, contribution_map: np.ndarray, band_
     return fig
 
 
+# W_h's colours run from 0 to this quantile of its module's weights (see attention_weights_figure).
+WEIGHTS_COLOUR_QUANTILE = 0.99
+
+
+def weights_colour_limit(analysis: AttentionAnalysis, module: str,
+                         image_index: int) -> tuple[float, str]:
+    """The top of :func:`attention_weights_figure`'s colour scale for one module and image.
+
+    Over the weights of all the module's heads on the image, so that its heads share one
+    scale: their :data:`WEIGHTS_COLOUR_QUANTILE` quantile, so that a few large weights do not
+    turn the rest of the matrix (weights near ``1/C``, e.g. 1/512 in a deep module) into a dark
+    square as a fixed 0..1 scale does. When the weights are so sparse (nearly one-hot rows)
+    that the quantile lies at or below the uniform weight ``1/C``, it says nothing of them and
+    the maximum is taken instead.
+
+    Args:
+        analysis: what :func:`collect_attention` returned.
+        module: the module's name.
+        image_index: the image.
+
+    Returns:
+        ``(limit, what)``: the weight at the top of the scale and what it is, e.g.
+        ``"99th percentile"`` or ``"maximum"``.
+    """
+    attention = analysis[module]
+    weights = attention.weights[image_index]  # (n, C, C)
+    quantile = float(np.quantile(weights, WEIGHTS_COLOUR_QUANTILE))
+    if quantile > 1.0 / attention.channels:
+        return quantile, f"{100 * WEIGHTS_COLOUR_QUANTILE:g}th percentile"
+    return float(weights.max()), "maximum"
+
+
 def attention_weights_figure(analysis: AttentionAnalysis, module: str, head: int,
                              image_index: int, ax=None):
     """Heatmap of the ``C x C`` attention weights ``W_h`` (eq. 15) of one image, module, head.
 
     Row ``i`` says how new feature map ``i`` mixes the old maps ``j`` inside the head's band;
-    each row sums to 1, and a uniform row is ``1/C`` everywhere (eq. 19).
+    each row sums to 1, and a uniform row is ``1/C`` everywhere (eq. 19). The colours run from
+    0 to the 99th percentile of the module's weights on the image, or their maximum when the
+    rows are nearly one-hot (:func:`weights_colour_limit`), stated in the colour bar's label;
+    larger weights take the top colour (the bar's arrow).
+
+    Args:
+        analysis: what :func:`collect_attention` returned.
+        module: the module's name.
+        head: the head, ``0 .. n - 1``.
+        image_index: the image.
+        ax: draw into these axes; ``None`` makes a new figure.
 
     Returns:
         The matplotlib Figure.
@@ -499,42 +542,70 @@ def attention_weights_figure(analysis: AttentionAnalysis, module: str, head: int
     attention = analysis[module]
     attention._check_head(head)
     fig, ax = _new_axes(ax, (5.0, 4.2))
-    shown = ax.imshow(attention.weights[image_index, head], cmap="viridis", vmin=0,
-                      interpolation="nearest")
+    weights = attention.weights[image_index, head]
+    limit, limit_name = weights_colour_limit(analysis, module, image_index)
+    shown = ax.imshow(weights, cmap="viridis", vmin=0, vmax=limit, interpolation="nearest")
     first, stop = attention.band_rows[head]
     ax.set_title(f"{module} head {head} (rows {first}-{stop - 1}): W_h, image {image_index}")
     ax.set_xlabel("old feature map j (key)")
     ax.set_ylabel("new feature map i (query)")
     ax.grid(False)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03,
-                 label=f"weight (uniform = 1/{attention.channels})")
+                 extend="max" if weights.max() > limit else "neither",
+                 label=f"weight, 0 to {module}'s {limit_name} ({limit:.2g})\n"
+                       f"uniform = 1/{attention.channels} = {1 / attention.channels:.2g}")
     return fig
 
 
 def scales_figure(analysis: AttentionAnalysis, module: str, image_index: int,
                   head: int | None = None, ax=None):
-    """The dynamic scales ``T_h[i]`` (eq. 13) per channel ``i``, with the temperature axis.
+    """The dynamic scales ``T_h`` (eq. 13) of one image, sorted, with the temperature axis.
 
-    Every head of the module is drawn in grey, ``head`` (if given) in colour; the right axis
-    reads the same curve as the effective temperature ``d^(g + T)`` of eq. 14.
+    ``T_h[i]`` is one value per channel ``i``, and neighbouring channels are unrelated: over
+    128 or 512 channels, values drawn in channel order jump between 0 and 1 and read as noise.
+    Each head's values are drawn sorted, largest first, against the share of channels: the
+    curve says how many channels sit near 0, near 1 and between, and heads and modules of
+    different widths compare on one axis. Every head of the module is drawn in grey, ``head``
+    (if given) in colour; the right axis reads the same curve as the effective temperature
+    ``d^(g + T)`` of eq. 14.
+
+    Args:
+        analysis: what :func:`collect_attention` returned.
+        module: the module's name.
+        image_index: the image.
+        head: the head to draw in colour, or ``None`` for none.
+        ax: draw into these axes; ``None`` makes a new figure.
 
     Returns:
-        The matplotlib Figure.
+        The matplotlib Figure; each head's line holds its sorted ``T_h`` as y data.
     """
+    from matplotlib.ticker import PercentFormatter
+
     attention = analysis[module]
     fig, ax = _new_axes(ax, (6.0, 3.6))
-    channels = np.arange(attention.channels)
+    channels = attention.channels
+    # Ranks 1..C as shares of the channels, at the middle of each channel's slot.
+    share = (np.arange(channels) + 0.5) / channels
     for index, scales in enumerate(attention.scales[image_index]):
         if index != head:
-            ax.plot(channels, scales, color="0.75", linewidth=0.8)
+            ax.plot(share, np.sort(scales)[::-1], color="0.7", linewidth=1.0,
+                    drawstyle="steps-mid")
     if head is not None:
         attention._check_head(head)
-        # Markers: trained scales often saturate at 0 or 1, and a bare line hides single channels.
-        ax.plot(channels, attention.scales[image_index, head], color="C0", linewidth=0.9,
-                marker="o", markersize=3, label=f"head {head}")
-        ax.legend(loc="upper right")
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("channel i")
+        sorted_scales = np.sort(attention.scales[image_index, head])[::-1]
+        above = float(np.mean(sorted_scales > 0.5))
+        ax.plot(share, sorted_scales, color="C0", linewidth=2.0, drawstyle="steps-mid",
+                label=f"head {head}: {above:.0%} of channels above 0.5")
+        if attention.num_heads > 1:
+            ax.plot([], [], color="0.7", label="other heads")
+        # A descending curve leaves the corner it does not pass through free: below it
+        # (lower left) when most values are high, above it (upper right) when most are low.
+        ax.legend(loc="lower left" if sorted_scales.mean() > 0.5 else "upper right",
+                  fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1))
+    ax.set_xlabel(f"share of the {channels} channels, sorted by T_h (largest first)")
     ax.set_ylabel("T_h[i] (sigmoid, eq. 13)")
     ax.set_title(f"{module}: dynamic scales, image {image_index}")
     dim, exponent = attention.head_dim, attention.scale_exponent
@@ -769,7 +840,7 @@ class AttentionExplorer:
         attention_weights_figure(analysis, module, head, 0, ax=axes[1])
         axes[1].set_title(f"W_h (eq. 15), {analysis[module].channels} channels")
         scales_figure(analysis, module, 0, head, ax=axes[2])
-        axes[2].set_title("T_h (eq. 13) per channel")
+        axes[2].set_title("T_h (eq. 13), channels sorted")
         fig.suptitle(f"image {image_index}: true {self.class_names[self.labels[image_index]]}, "
                      f"predicted {self.class_names[predicted]} "
                      f"({analysis.probabilities[0, predicted]:.2f})")

@@ -234,6 +234,10 @@ def duplicates_figure(report: dict):
     Args:
         report: the dict of :func:`data_report`.
 
+    Both count axes start at 0 with integer ticks. A panel whose counts are all zero says so
+    in words ("no duplicates"), over bars of zero length: an all-zero bar chart otherwise
+    gets an axis from -0.06 to 0.06 and looks like a drawing error.
+
     Returns:
         A matplotlib Figure with two Axes: four horizontal bars (repeated rows, groups,
         groups across splits, groups with conflicting labels) and, per split, three bars
@@ -258,7 +262,10 @@ def duplicates_figure(report: dict):
     left.set_xlabel("count")
     left.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     left.set_title("Exact duplicates, all splits")
-    left.margins(x=0.18)
+    # 18% beyond the longest bar leaves room for its count label.
+    left.set_xlim(0, 1.18 * max(1, *overall.values()))
+    if not any(overall.values()):
+        _say_in_panel(left, "no duplicates:\nevery image occurs once")
 
     per_split = {
         "blank (all 0)": [report["splits"][name]["blank_images"] for name in names],
@@ -278,6 +285,17 @@ def duplicates_figure(report: dict):
     right.set_ylabel("images")
     right.yaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_title("Per split: blanks and leakage")
-    right.legend(fontsize=9)
-    right.margins(y=0.15)
+    right.set_ylim(0, 1.15 * max(1, *(count for counts in per_split.values()
+                                      for count in counts)))
+    if not any(count for counts in per_split.values() for count in counts):
+        _say_in_panel(right, "no blank images,\nno duplicates within or across splits")
+    else:  # an all-zero panel has no bar for the legend to name
+        # Right of the bars: inside, "best" still lands on a bar when every split has some.
+        right.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
+
+
+def _say_in_panel(ax, text: str) -> None:
+    """Write ``text`` in the middle of ``ax``, on a white box above the grid."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12,
+            bbox={"boxstyle": "round,pad=0.5", "facecolor": "white", "edgecolor": "0.6"})
