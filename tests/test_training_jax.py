@@ -44,6 +44,7 @@ RUN = textwrap.dedent("""
 
     sys.meta_path.insert(0, NoTensorFlow())
     import dataclasses
+    import keras
     from lhc.training import load_profile, resume, train
 
     out, mode = sys.argv[1], sys.argv[2]
@@ -55,7 +56,6 @@ RUN = textwrap.dedent("""
                                 data={**dataclasses.asdict(smoke.data), "n": 70})
         profile = profile.replace_stage("stage1", batch_size=16)
         metrics = train(profile, out=out, stages="1", verbose=0)
-    import keras
     from lhc.export import require_tensorflow
     try:
         require_tensorflow("tflite")
@@ -124,8 +124,10 @@ def test_jax_trains_without_tensorflow_and_resumes_exactly_after_kill(tmp_path):
     for name, array in final_whole.items():
         np.testing.assert_array_equal(array, final_killed[name], err_msg=name)
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (whole, killed)]
+    assert metrics[0]["stages"]["stage1"]["resnet34v2"]["backend"] == "jax"
     for record in metrics:  # everything but where each run lives and how long it took
         record.pop("run"), record["data"].pop("source")
         for model in record["stages"]["stage1"].values():
             model.pop("folder"), model.pop("wall_seconds")
     assert metrics[0] == metrics[1]
+

@@ -153,16 +153,25 @@ def run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: s
         The stage's summary (``summary.json``), or ``{"diverged": {...}}`` when the training
         loss became NaN or infinite (the last good checkpoint is kept and named).
     """
-    from lhc.data.pipeline import with_inputs
-    from lhc.models import freeze_all_but_gates
-
-    layout = RunLayout(run_dir)
-    files = layout.stage(stage, track)
+    files = RunLayout(run_dir).stage(stage, track)
     if files.done:
         shutil.rmtree(files.checkpoints, ignore_errors=True)  # left when killed while finishing
         summary = json.loads(files.summary.read_text())
         log(f"{stage} {track}: already done (val_accuracy {summary['val_accuracy']:.4f})")
         return summary
+    # Building, fitting and evaluating all inside: on JAX the distribution places the
+    # variables when they are made and shards the batches when fit and evaluate run.
+    with placement.scope():
+        return _train_stage(run_dir, profile, state, stage, track, data, placement, verbose, log)
+
+
+def _train_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: str, data,
+                 placement: Placement, verbose: int, log) -> dict[str, Any]:
+    from lhc.data.pipeline import with_inputs
+    from lhc.models import freeze_all_but_gates
+
+    layout = RunLayout(run_dir)
+    files = layout.stage(stage, track)
     started = time.monotonic()
     settings = profile.stages[stage]
     stage_number = STAGES.index(stage) + 1
@@ -171,16 +180,15 @@ def run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: s
     train_batches = _batches(profile, data, "train", settings.batch_size, placement, layout,
                              seed=derive_seed(profile.seed, stage_number, _ORDER_SEED))
     source_shape = train_batches[0][0].shape[1:]
-    with placement.scope():
-        model, origin = initialised_model(run_dir, profile, state, stage, track, num_classes)
-        if track == "lhc_netc":
-            freeze_all_but_gates(model)
-        trainer = with_inputs(model, source_shape=source_shape,
-                              augmentation=settings.make_augmentation(),
-                              seed=derive_seed(profile.seed, stage_number, _AUGMENTATION_SEED))
-        trainer.compile(optimizer=settings.make_optimizer(len(train_batches)),
-                        loss=settings.make_loss(), metrics=["accuracy"], jit_compile=jit_compile())
-        trainer.optimizer.build(trainer.trainable_variables)
+    model, origin = initialised_model(run_dir, profile, state, stage, track, num_classes)
+    if track == "lhc_netc":
+        freeze_all_but_gates(model)
+    trainer = with_inputs(model, source_shape=source_shape,
+                          augmentation=settings.make_augmentation(),
+                          seed=derive_seed(profile.seed, stage_number, _AUGMENTATION_SEED))
+    trainer.compile(optimizer=settings.make_optimizer(len(train_batches)),
+                    loss=settings.make_loss(), metrics=["accuracy"], jit_compile=jit_compile())
+    trainer.optimizer.build(trainer.trainable_variables)
     progress = load_checkpoint(files.checkpoints, trainer)
     if progress is None:
         progress = {"best_value": None, "best_epoch": None, "wait": 0, "history": [],
