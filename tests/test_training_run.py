@@ -1,6 +1,7 @@
 """End-to-end tests of lhc.training on the smoke profile (synthetic data, 48x48).
 
-One full smoke run (stages 1-4 and LHC-NetC) is shared by the module; the other tests train
+One full smoke run (stages 1-4 and LHC-NetC, ``conftest.smoke_training``) is shared by the
+module; the other tests train
 one stage each against it. Expected values come from the run's own files read back with
 ``csv``/``h5py`` and from the rules restated here, never from the runner's functions.
 """
@@ -38,10 +39,8 @@ MIRRORED_LOSS_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    metrics = train("smoke", out=run_dir, verbose=0)
-    return run_dir, metrics
+def smoke_run(smoke_training):
+    return smoke_training  # conftest.py: trained once per session, shared with test_workbench
 
 
 def h5_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -284,8 +284,18 @@ def test_a_parameter_no_selected_notebook_declares_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_lhc_run_whole_sequence_without_images(tmp_path):
-    """``lhc run --out DIR --no-images`` on the smoke default, end to end (about 2.5 minutes)."""
+def test_lhc_run_whole_sequence_without_images(tmp_path, smoke_training):
+    """``lhc run --out DIR --no-images`` on the smoke default, end to end (about 2 minutes).
+
+    The run folder starts with the session's finished smoke training copied in, so notebooks
+    02 and 03 find their stages done (a run resumed by ``lhc run``, as after ``lhc train``);
+    training inside the sequence is what the nbval check of the whole sequence runs.
+    """
+    import shutil
+
+    trained, _ = smoke_training
+    # Not the global arm another test may have trained beside it: 05b trains its own.
+    shutil.copytree(trained, tmp_path / "runs" / "e2e", ignore=shutil.ignore_patterns("global_arm"))
     script = ("import argparse, sys\nfrom lhc.workbench_cli import add_cli\n"
               "parser = argparse.ArgumentParser(prog='lhc')\n"
               "add_cli(parser.add_subparsers(dest='command', required=True))\n"
@@ -296,6 +306,8 @@ def test_lhc_run_whole_sequence_without_images(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     run_dir = tmp_path / "runs" / "e2e"
+    trained_notebook = (run_dir / "notebooks" / "02_train_backbone.ipynb").read_text()
+    assert "stage1 resnet34v2: already done" in trained_notebook
     sequence = notebook_sequence()
     assert sorted(path.name for path in (run_dir / "notebooks").glob("*.ipynb")) == [
         path.name for path in sequence]
