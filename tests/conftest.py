@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +25,19 @@ def smoke_training(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     return run_dir, train("smoke", out=run_dir, verbose=0)
+
+
+def kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, timeout: float) -> None:
+    """SIGKILL ``process`` as soon as stage 1 of ``run_dir`` has its first checkpoint.
+
+    Then asserts that the kill came after exactly one epoch and before the stage finished.
+    """
+    pointer = run_dir / "stages/stage1/resnet34v2/checkpoints/latest.json"
+    deadline = time.monotonic() + timeout
+    while not pointer.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert pointer.exists(), "the run ended or timed out before its first checkpoint"
+    assert json.loads(pointer.read_text())["epoch"] == 1
+    assert not (run_dir / "stages/stage1/resnet34v2/summary.json").exists()

@@ -16,16 +16,15 @@ import csv
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import kill_after_first_checkpoint
 
 pytestmark = [
     pytest.mark.slow,
@@ -98,15 +97,7 @@ def test_jax_trains_without_tensorflow_and_resumes_exactly_after_kill(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = start(whole)
     victim = start(killed)
-    pointer = killed / "stages/stage1/resnet34v2/checkpoints/latest.json"
-    deadline = time.monotonic() + 400
-    while not pointer.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
-    assert pointer.exists(), "the run ended or timed out before its first checkpoint"
-    assert json.loads(pointer.read_text())["epoch"] == 1
-    assert not (killed / "stages/stage1/resnet34v2/summary.json").exists()
+    kill_after_first_checkpoint(victim, killed, timeout=400)
 
     expected = {"status": "complete", "backend": "jax", "tensorflow_imported": False,
                 "tflite": "export format 'tflite' needs TensorFlow, which is not installed here: "

@@ -12,11 +12,9 @@ import argparse
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py
 import numpy as np
 import pytest
+from conftest import kill_after_first_checkpoint
 
 from lhc.training import add_cli, learning_curves, load_profile, resume, sweep, train
 
@@ -142,15 +141,7 @@ def test_resume_after_kill_reaches_the_same_weights(smoke_run, tmp_path):
              "verbose=0)"
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pointer = killed / "stages/stage1/resnet34v2/checkpoints/latest.json"
-    deadline = time.monotonic() + 180
-    while not pointer.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert pointer.exists(), "the training process ended or timed out before its first checkpoint"
-    assert json.loads(pointer.read_text())["epoch"] == 1
-    assert not (killed / "stages/stage1/resnet34v2/summary.json").exists()
+    kill_after_first_checkpoint(process, killed, timeout=180)
 
     metrics = resume(killed, verbose=0)
     assert metrics["status"] == "complete"

@@ -34,7 +34,6 @@ Nothing here imports TensorFlow unless the backend is TensorFlow.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -201,8 +200,3 @@ def make_deterministic(seed: int) -> None:
 
         tf.config.experimental.enable_op_determinism()
 
-
-def process_environment() -> dict[str, str]:
-    """The ``KERAS_DISTRIBUTION_*`` variables set in this process (for logs and run records)."""
-    return {key: value for key, value in os.environ.items()
-            if key.startswith("KERAS_DISTRIBUTION_")}
