@@ -32,7 +32,7 @@ lint: $(STAMP)
 
 # --durations: the slowest tests, so that a slower machine's drift towards CI's limit shows.
 test: lint
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n auto --maxprocesses 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The committed notebooks against a fresh smoke run under the numerics another CPU gives:
 # TensorFlow's own kernels instead of oneDNN's, then one thread (about 5 minutes each).

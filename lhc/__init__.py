@@ -13,6 +13,11 @@ Modules, one job each:
   (paper section 2.2, eqs. 21-26).
 - :mod:`lhc.plots`: the one figure style and atomic figure saving.
 - :mod:`lhc.cli`: the ``lhc`` command.
+- :mod:`lhc.backend`: the Keras backend when none was chosen (JAX where TensorFlow is absent).
 """
 
+from lhc.backend import choose_default_backend
+
 __version__ = "0.1.0"
+
+choose_default_backend()

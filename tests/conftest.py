@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -19,12 +20,38 @@ def smoke_training(tmp_path_factory):
     """One full smoke run (stages 1-4 and LHC-NetC), trained once per session: ``(dir, metrics)``.
 
     Tests read it or copy it, and may add beside it (``train_global_arm`` writes
-    ``global_arm/``); none may change what the training wrote.
+    ``global_arm/``); none may change what the training wrote. Under pytest-xdist the workers
+    share it: the first to need it trains it under a file lock in their common temporary
+    folder, and the others wait for it and read its ``metrics.json``.
     """
     from lhc.training import train
 
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    return run_dir, train("smoke", out=run_dir, verbose=0)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's basetemp lies in one folder of the session
+    run_dir = shared / "smoke-training" / "run"
+    with open(shared / "smoke-training.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        metrics_path = run_dir / "metrics.json"
+        if metrics_path.exists() and json.loads(metrics_path.read_text())["status"] == "complete":
+            return run_dir, json.loads(metrics_path.read_text())
+        return run_dir, train("smoke", out=run_dir, verbose=0)
+
+
+def tiny_profile(name: str = "tiny"):
+    """The smoke profile shrunk to 70 images at 32x32, stage 1 in batches of 16.
+
+    For tests of the training machinery (resume, side-by-side models, backends), not of what a
+    model learns: two such stage-1 epochs take seconds where the smoke profile takes a minute.
+    """
+    import dataclasses
+
+    from lhc.training import load_profile
+
+    smoke = load_profile("smoke")
+    profile = smoke.replace(name=name, input_size=32, data={**dataclasses.asdict(smoke.data),
+                                                            "n": 70})
+    return profile.replace_stage("stage1", batch_size=16)
 
 
 def kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, timeout: float) -> None:
@@ -41,3 +68,17 @@ def kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, timeou
     assert pointer.exists(), "the run ended or timed out before its first checkpoint"
     assert json.loads(pointer.read_text())["epoch"] == 1
     assert not (run_dir / "stages/stage1/resnet34v2/summary.json").exists()
+
+
+# Under pytest-xdist (make test: two workers, ``--dist loadfile --no-loadscope-reorder``) each
+# test file runs whole on one worker, so module fixtures are built once, and files go out in
+# collection order. The files that take minutes go first, the two that use the session's smoke
+# training first of all, so that one worker gets both of them (and trains once) while the
+# other takes the next two, and both finish close together.
+LONG_FILES = ("test_training_run.py", "test_notebooks_nbval.py", "test_workbench.py",
+              "test_training_jax.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: position for position, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable

@@ -1,10 +1,11 @@
 """Training on JAX with TensorFlow out of reach: a tiny profile, kill -9 and an exact resume.
 
-Each run is a subprocess with ``KERAS_BACKEND=jax`` whose import system refuses ``tensorflow``
-(an import hook, as in an environment installed with ``pip install -e '.[jax]'`` alone), so a
-run that still needed TensorFlow anywhere on the training path fails here. The profile is the
-smoke profile shrunk to 70 images at 32x32 (JAX on this CPU trains ResNet34v2 about ten times
-slower than TensorFlow), stage 1 only, whose two epochs let one run be killed after the first.
+Each run is a subprocess whose import system refuses ``tensorflow`` (an import hook, as in an
+environment installed with ``pip install -e '.[jax]'`` alone) and that leaves ``KERAS_BACKEND``
+unset, so ``lhc`` must pick JAX by itself, and a run that still needed TensorFlow anywhere on
+the training path fails here. The profile is ``conftest.tiny_profile`` (JAX on this CPU trains
+ResNet34v2 about ten times slower than TensorFlow), stage 1 only, whose two epochs let one run
+be killed after the first.
 Both runs go on side by side, and the resumed one must end exactly where the uninterrupted
 one did: the same history and bit-identical weights, the JAX counterpart of
 ``test_training_run.py::test_resume_after_kill_reaches_the_same_weights``.
@@ -42,19 +43,17 @@ RUN = textwrap.dedent("""
                 raise ImportError(f"{name}: this test runs without TensorFlow")
 
     sys.meta_path.insert(0, NoTensorFlow())
-    import dataclasses
+    from lhc.training import resume, train  # first: importing lhc chooses the backend
     import keras
-    from lhc.training import load_profile, resume, train
 
-    out, mode = sys.argv[1], sys.argv[2]
+    out, mode, tests = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "resume":
         metrics = resume(out, verbose=0)
     else:
-        smoke = load_profile("smoke")
-        profile = smoke.replace(name="tiny", input_size=32,
-                                data={**dataclasses.asdict(smoke.data), "n": 70})
-        profile = profile.replace_stage("stage1", batch_size=16)
-        metrics = train(profile, out=out, stages="1", verbose=0)
+        sys.path.insert(0, tests)
+        from conftest import tiny_profile
+
+        metrics = train(tiny_profile(), out=out, stages="1", verbose=0)
     from lhc.export import require_tensorflow
     try:
         require_tensorflow("tflite")
@@ -67,9 +66,11 @@ RUN = textwrap.dedent("""
 
 
 def start(out: Path, mode: str = "train") -> subprocess.Popen:
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-c", RUN, str(out), mode], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # No KERAS_BACKEND: with TensorFlow absent, importing lhc picks JAX (lhc.backend).
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return subprocess.Popen([sys.executable, "-c", RUN, str(out), mode, str(REPO / "tests")],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> dict:

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py
 import numpy as np
 import pytest
-from conftest import kill_after_first_checkpoint
+from conftest import kill_after_first_checkpoint, tiny_profile
 
 from lhc.training import add_cli, learning_curves, load_profile, resume, sweep, train
 
@@ -186,8 +186,7 @@ def test_sweep_writes_a_metrics_file_per_run(smoke_run, tmp_path):
 
 
 def test_standalone_trains_both_models_side_by_side(tmp_path):
-    profile = load_profile("smoke").replace(mode="standalone").replace_stage("stage1",
-                                                                              max_epochs=1)
+    profile = tiny_profile().replace(mode="standalone").replace_stage("stage1", max_epochs=1)
     metrics = train(profile, out=tmp_path / "standalone", stages="1", verbose=0)
     assert metrics["status"] == "complete"
     assert set(metrics["comparison"]["stage1"]) == {"lhc_net", "resnet34v2"}

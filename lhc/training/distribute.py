@@ -59,15 +59,9 @@ def backend() -> str:
 
 def tensorflow_available() -> bool:
     """True when TensorFlow can be imported (TensorBoard logs, SavedModel and TFLite need it)."""
-    import importlib.util
-    import sys
+    from lhc.backend import installed
 
-    if sys.modules.get("tensorflow") is not None:
-        return True
-    try:
-        return importlib.util.find_spec("tensorflow") is not None
-    except (ImportError, ValueError):  # an import hook refusing it, a half-imported module
-        return False
+    return installed("tensorflow")
 
 
 def check_strategy(name: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ FINAL_WEIGHTS = RunLayout(".").stage("s", "m").final_weights.name
 INITIAL_LHC_WEIGHTS = RunLayout(".").stage("s", "m").initial_lhc_weights.name
 # What the notebook sequence (lhc run) writes into a run directory before training starts.
 WORKBENCH_ENTRIES = {"notebooks", "workbench.json", "data", "cache", "figures", "data_report.json"}
+
+log = logging.getLogger(__name__)
 
 
 def parse_stages(spec: str | list | tuple) -> tuple[str, ...]:
@@ -236,16 +239,16 @@ def _execute(run_dir: Path, verbose: int) -> dict[str, Any]:
     profile = load_profile(run_dir / PROFILE_FILE)
     if state["diverged"]:
         where = state["diverged"]
-        print(f"{run_dir}: diverged in {where['stage']} {where['model']} epoch {where['epoch']}; "
-              "nothing to resume")
+        log.warning("%s: diverged in %s %s epoch %s; nothing to resume", run_dir,
+                    where["stage"], where["model"], where["epoch"])
         return _write_metrics(run_dir, profile, state, None)
     _check_predecessors(run_dir, profile, state)
     if "stage1" in state["stages"]:
         _check_imagenet_weights(profile)
     data = load_data(profile, state["data_path"], run_dir)
-    print(f"{run_dir}: profile {profile.name} ({profile.mode}), stages {state['stages']}, "
-          f"seed {profile.seed}, data {data.source} "
-          f"({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
+    log.info("%s: profile %s (%s), stages %s, seed %s, data %s (%s)", run_dir, profile.name,
+             profile.mode, state["stages"], profile.seed, data.source,
+             ", ".join(f"{split} {len(rows)}" for split, rows in data.splits.items()))
     with precision_policy(profile.precision):
         placement = make_strategy(profile.strategy)
         for stage in state["stages"]:
@@ -256,18 +259,19 @@ def _execute(run_dir: Path, verbose: int) -> dict[str, Any]:
                 if "diverged" in results[track]:
                     state["diverged"] = results[track]["diverged"]
                     write_json(run_dir / RUN_STATE, state)
-                    print(f"{stage} {track}: DIVERGED at epoch {state['diverged']['epoch']} "
-                          f"(loss {state['diverged']['loss']}); run stopped, last good "
-                          f"checkpoint kept")
+                    log.warning("%s %s: DIVERGED at epoch %s (loss %s); run stopped, last "
+                                "good checkpoint kept", stage, track,
+                                state["diverged"]["epoch"], state["diverged"]["loss"])
                     return _write_metrics(run_dir, profile, state, data)
             if len(results) > 1:
-                print(f"{stage} side by side: " + " | ".join(
+                log.info("%s side by side: %s", stage, " | ".join(
                     f"{track} val_accuracy {result['val_accuracy']:.4f}"
                     for track, result in results.items()))
             metrics = _write_metrics(run_dir, profile, state, data)
             if stage == "stage4" and "acceptance" in metrics:
-                print(f"stage4 acceptance: {'kept' if metrics['acceptance']['kept'] else 'REJECTED'}"
-                      f" ({metrics['acceptance']['reason']})")
+                log.info("stage4 acceptance: %s (%s)",
+                         "kept" if metrics["acceptance"]["kept"] else "REJECTED",
+                         metrics["acceptance"]["reason"])
     return _write_metrics(run_dir, profile, state, data)
 
 

@@ -22,6 +22,7 @@ the paper's tables over the kept runs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from lhc.training.runner import train
 __all__ = ["ARMS", "GLOBAL_ARM", "parse_seeds", "sweep", "train_global_arm"]
 
 # arm -> (stage 4's model, stages run from the base)
+log = logging.getLogger(__name__)
+
 ARMS = {"A": ("resnet34v2", "4"), "B": ("lhc_net", "4"), "C": ("lhc_net", "4,C")}
 
 
@@ -93,7 +96,7 @@ def sweep(profile: Profile | str, seeds: str | Iterable[int], arms: Iterable[str
         arm_profile = profile.replace_stage("stage4", model=model)
         for seed in seeds:
             key = f"{arm}_seed{seed}"
-            print(f"sweep {out}: arm {arm}, seed {seed}")
+            log.info("sweep %s: arm %s, seed %s", out, arm, seed)
             metrics = train(arm_profile, data_path, out=out / "runs" / key, seed=seed,
                             stages=stages, start_from=base, verbose=verbose)
             write_json(out / "metrics" / f"{key}.json", {"arm": arm, "seed": seed, **metrics})
