@@ -56,6 +56,7 @@ def old_pipeline():
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("pipeline_tf_data", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -118,6 +118,44 @@ def test_process_shares_make_up_the_global_batch():
     assert len(EpochBatches(odd, np.zeros(25, int), 8, process_count=2)) == 3
 
 
+@pytest.mark.parametrize(("count", "left_out", "last_rows"), [(26, 0, 2), (27, 1, 2), (29, 1, 4)])
+def test_the_last_batch_leaves_out_what_does_not_split_over_the_replicas(count, left_out,
+                                                                         last_rows):
+    # Batches of 8 over 2 devices: a last batch of 3 or 5 rows keeps 2 or 4 (count mod 8 mod 2
+    # rows go), one of 2 keeps both; the rows kept are the first of the epoch's order.
+    images = np.broadcast_to(np.arange(count, dtype=np.uint8)[:, None, None],
+                             (count, 4, 4)).copy()
+    batches = EpochBatches(images, np.zeros(count, int), 8, shuffle=False, replicas=2)
+    assert batches.dropped == left_out and len(batches) == 4
+    last = batches[3][0][:, 0, 0, 0]
+    np.testing.assert_array_equal(last, np.arange(24, 24 + last_rows))
+    with pytest.raises(ValueError, match="does not divide among 4 replicas"):
+        EpochBatches(images, np.zeros(count, int), 6, replicas=4)
+    with pytest.raises(ValueError, match="3 replicas do not divide among 2 processes"):
+        EpochBatches(images, np.zeros(count, int), 6, replicas=3, process_count=2)
+
+
+def test_augmentation_compiles_into_the_training_step_on_jax():
+    """Keras marks rotation, translation and zoom unfit for XLA (a TensorFlow limit); on JAX a
+    stage must still compile its step, which one such layer would switch off altogether."""
+    from lhc.data.pipeline import STAGE_AUGMENTATION, augmentation_layers, with_inputs
+    from lhc.training.distribute import jit_compile
+
+    layers = augmentation_layers(STAGE_AUGMENTATION[2], seed=0)
+    assert len(layers) == 4
+    trainer = with_inputs(keras.Sequential([keras.Input((SIZE, SIZE, 3)),
+                                            keras.layers.GlobalAveragePooling2D(),
+                                            keras.layers.Dense(7)]),
+                          augmentation=STAGE_AUGMENTATION[2])
+    trainer.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                    jit_compile=jit_compile())
+    if keras.backend.backend() == "jax":
+        assert all(layer.supports_jit for layer in layers)
+        assert trainer.jit_compile is True
+    else:  # TensorFlow: graph mode without XLA on this CPU, as before
+        assert trainer.jit_compile is False
+
+
 def test_constant_image_resizes_to_constant():
     images = np.full((2, SIZE, SIZE), 137, dtype=np.uint8)
     np.testing.assert_allclose(preprocess(images, 224), 137.0, atol=1e-4)

@@ -165,6 +165,13 @@ def augmentation_layers(augmentation: Augmentation, seed: int) -> list[keras.lay
                                               seed=zoom_seed, **common))
     if augmentation.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=flip_seed, dtype="float32"))
+    if keras.backend.backend() == "jax":
+        for layer in layers:
+            # Keras marks rotation, translation and zoom unfit for XLA because TensorFlow's
+            # projective-transform kernel has no XLA version, and one such layer turns
+            # compilation off for the whole training step. On JAX they are keras.ops
+            # (map_coordinates) and compile: without this the step ran op by op.
+            layer.supports_jit = True
     return layers
 
 
@@ -188,8 +195,10 @@ class EpochBatches(keras.utils.PyDataset):
 
     With several processes (``process_count``), each process yields its contiguous share of
     every global batch (rows ``[p b / P, (p + 1) b / P)``), which is how Keras assembles a global
-    batch from process-local data on JAX; the batch size must then divide by the process count,
-    and a last global batch that does not is left out (its size is named by :attr:`dropped`).
+    batch from process-local data on JAX. A global batch is split over ``replicas`` devices (all
+    processes' together), so the batch size must divide by it, and the last, shorter batch
+    leaves out its last ``(N mod B) mod replicas`` rows (:attr:`dropped`; other rows each epoch
+    when shuffled, the same last rows of a validation or test split) so that it splits evenly.
 
     Args:
         images: uint8 ``(N, H, W)`` grey images, or ``(N, H, W, 3)`` (decoded JPEGs).
@@ -204,6 +213,7 @@ class EpochBatches(keras.utils.PyDataset):
             the splits beside JPEG training batches reach the same size.
         process_index: this process's index among ``process_count``.
         process_count: the processes feeding one global batch together.
+        replicas: the devices one global batch is split over (at least ``process_count``).
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of ``PyDataset``.
     """
 
@@ -211,7 +221,7 @@ class EpochBatches(keras.utils.PyDataset):
                  shuffle: bool = True, num_classes: int = 7,
                  jpeg: tuple[np.ndarray, np.ndarray] | None = None,
                  host_size: int | None = None, process_index: int = 0, process_count: int = 1,
-                 **kwargs):
+                 replicas: int = 1, **kwargs):
         super().__init__(**kwargs)
         _check_arrays(images, labels, num_classes)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -220,17 +230,21 @@ class EpochBatches(keras.utils.PyDataset):
         if not 0 <= process_index < process_count:
             raise ValueError(f"EpochBatches: process_index {process_index} is not in "
                              f"[0, {process_count})")
-        if batch_size % process_count:
-            raise ValueError(f"EpochBatches: batch_size {batch_size} does not divide among "
+        replicas = max(replicas, process_count)
+        if replicas % process_count:
+            raise ValueError(f"EpochBatches: {replicas} replicas do not divide among "
                              f"{process_count} processes")
+        if batch_size % replicas:
+            raise ValueError(f"EpochBatches: batch_size {batch_size} does not divide among "
+                             f"{replicas} replicas ({process_count} processes)")
         self.images, self.labels = images, labels.astype(np.int32)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.jpeg, self.host_size = jpeg, host_size
         self.process_index, self.process_count = process_index, process_count
         self.epoch = 0
         self._order = epoch_order(len(images), seed, 0) if shuffle else np.arange(len(images))
-        last = len(images) % batch_size
-        self.dropped = last if process_count > 1 and last % process_count else 0
+        self.replicas = replicas
+        self.dropped = len(images) % batch_size % replicas
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` (0-based) from now on."""
@@ -248,7 +262,8 @@ class EpochBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self.num_batches:
             raise IndexError(f"batch {index} of {self.num_batches}")
-        rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        end = min((index + 1) * self.batch_size, len(self.images) - self.dropped)
+        rows = self._order[index * self.batch_size:end]
         share = len(rows) // self.process_count
         rows = rows[self.process_index * share:(self.process_index + 1) * share]
         if self.jpeg is not None:

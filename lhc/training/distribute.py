@@ -155,13 +155,25 @@ def _jax_placement(name: str, coordinator: str | None, num_processes: int | None
     devices = keras.distribution.list_devices()
     if name == "none" or (name in ("auto", "tpu") and len(devices) < 2):
         return Placement(name)
-    distribution = keras.distribution.DataParallel(devices=devices)
+    # Each process feeds its own share of every global batch (EpochBatches): Keras shards only
+    # tf.data by itself, and refuses anything else under several processes unless told not to.
+    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     return Placement(name, distribution, len(devices), jax.process_index(), jax.process_count())
 
 
 def jit_compile() -> bool | str:
-    """XLA on JAX always (it is JAX's compiler); on TensorFlow only with a GPU: on this CPU
-    TensorFlow's XLA made training 25x slower."""
+    """What a stage passes to ``compile(jit_compile=...)`` on this backend.
+
+    JAX: ``True``, always. Keras' ``"auto"`` would turn compilation off for the whole training
+    step, because ``RandomRotation``, ``RandomTranslation`` and ``RandomZoom`` declare
+    ``supports_jit = False`` (TensorFlow's projective-transform kernel has no XLA version); on
+    JAX they are ``keras.ops`` and compile, and without ``jit`` the step ran op by op and, with
+    ``DataParallel`` over two CPU devices, deadlocked in an eager all-reduce.
+    TensorFlow: XLA only with a GPU (``"auto"``, which those layers turn into graph mode without
+    XLA); on this CPU TensorFlow's XLA made training 25x slower.
+    """
+    if backend() == "jax":
+        return True
     if backend() != "tensorflow":
         return "auto"
     import tensorflow as tf

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
 import time
@@ -42,6 +43,8 @@ from lhc.training.distribute import (
 from lhc.training.layout import RunLayout, StageLayout
 from lhc.training.profiles import STAGES, Profile
 from lhc.training.registry import build_model
+
+log_info = logging.getLogger(__name__).info
 
 __all__ = ["derive_seed", "initialised_model", "predecessor", "run_stage", "stage_tracks"]
 
@@ -133,8 +136,10 @@ def _batches(profile: Profile, data, split: str, batch_size: int, placement: Pla
     from lhc.data.pipeline import EpochBatches, paper_jpeg_cache, read_jpeg_cache
 
     images, labels = data.splits[split].images, data.splits[split].labels
+    # JAX shards every batch evenly over the devices; tf.distribute splits uneven ones itself.
+    replicas = placement.replicas if keras.backend.backend() == "jax" else 1
     options = {"num_classes": len(data.class_names), "process_index": placement.process_index,
-               "process_count": placement.process_count}
+               "process_count": placement.process_count, "replicas": replicas}
     if profile.data.paper_jpeg:
         # The paper's ETL feeds JPEGs at the model's size, so every split arrives at that size.
         options["host_size"] = profile.input_size
@@ -146,7 +151,7 @@ def _batches(profile: Profile, data, split: str, batch_size: int, placement: Pla
 
 
 def run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: str, data,
-              placement: Placement, verbose: int, log=print) -> dict[str, Any]:
+              placement: Placement, verbose: int, log=log_info) -> dict[str, Any]:
     """Train one model through one stage (module docstring).
 
     Returns:
@@ -179,6 +184,13 @@ def _train_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track
     make_deterministic(derive_seed(profile.seed, stage_number))
     train_batches = _batches(profile, data, "train", settings.batch_size, placement, layout,
                              seed=derive_seed(profile.seed, stage_number, _ORDER_SEED))
+    val_batches = _batches(profile, data, "val", settings.batch_size, placement, layout)
+    left_out = {split: batches.dropped for split, batches in (("train", train_batches),
+                                                              ("val", val_batches))}
+    if any(left_out.values()):
+        logging.getLogger(__name__).warning(
+            "%s %s: the last batch splits evenly over %d replicas only without its last rows: "
+            "%s images left out per epoch", stage, track, placement.replicas, left_out)
     source_shape = train_batches[0][0].shape[1:]
     model, origin = initialised_model(run_dir, profile, state, stage, track, num_classes)
     if track == "lhc_netc":
@@ -211,8 +223,7 @@ def _train_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track
         # shuffle=False: the batches' order is ours (EpochBatches); Keras would otherwise reorder
         # a PyDataset's batches with Python's random module, which a resume does not restore.
         trainer.fit(train_batches, initial_epoch=epoch, epochs=settings.max_epochs, shuffle=False,
-                    validation_data=_batches(profile, data, "val", settings.batch_size,
-                                             placement, layout),
+                    validation_data=val_batches,
                     verbose=verbose, callbacks=callbacks)
         if guard.failure:
             done = recorder.epochs_done
@@ -220,12 +231,16 @@ def _train_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track
             return {"diverged": {"stage": stage, "model": track, "epoch": done + 1,
                                  **guard.failure, "last_good_checkpoint": last_good}}
     return _finish(trainer, model, files, profile, data, stage, track, settings, placement,
-                   layout, progress, recorder, log)
+                   layout, progress, recorder, log, left_out)
 
 
 def _finish(trainer, model, files: StageLayout, profile, data, stage, track, settings,
-            placement, layout, progress, recorder, log) -> dict[str, Any]:
-    """Best epoch back, test split evaluated, final weights and summary written."""
+            placement, layout, progress, recorder, log, left_out) -> dict[str, Any]:
+    """Best epoch back, test split evaluated, final weights and summary written.
+
+    ``left_out``: per split, the images its last batch leaves out to split evenly over the
+    replicas (:class:`lhc.data.pipeline.EpochBatches`); named in the summary when any are.
+    """
     epochs_run = len(progress["history"])
     trainer.load_weights(epoch_folder(files.checkpoints, progress["best_epoch"])
                          / "model.weights.h5")
@@ -239,12 +254,16 @@ def _finish(trainer, model, files: StageLayout, profile, data, stage, track, set
         "params": model.count_params(),
         "trainable_params": int(sum(math.prod(v.shape) for v in model.trainable_weights)),
         "initialised_from": progress["initialised_from"], "settings": dataclasses.asdict(settings),
-        "backend": keras.backend.backend(),
+        "backend": keras.backend.backend(), "devices": placement.replicas,
+        "processes": placement.process_count,
     }
     if "test" in data.splits:
-        scores = trainer.evaluate(_batches(profile, data, "test", settings.batch_size, placement,
-                                           layout), verbose=0, return_dict=True)
+        test_batches = _batches(profile, data, "test", settings.batch_size, placement, layout)
+        left_out = {**left_out, "test": test_batches.dropped}
+        scores = trainer.evaluate(test_batches, verbose=0, return_dict=True)
         summary.update(test_loss=float(scores["loss"]), test_accuracy=float(scores["accuracy"]))
+    if any(left_out.values()):
+        summary["images_left_out_per_epoch"] = left_out
     # The classifier alone, uncompiled: its file holds neither the optimizer nor the inputs.
     with atomic_path(files.final_weights, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
