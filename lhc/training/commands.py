@@ -63,7 +63,10 @@ def add_cli(subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from lhc.logs import show
     from lhc.training import resume, train
+
+    show()  # the runner's progress lines, whoever calls the command (lhc.cli.main does too)
 
     # keras.distribution.initialize reads these when the run's strategy is multi_worker.
     for flag, variable in (("coordinator", "KERAS_DISTRIBUTION_JOB_ADDRESSES"),
@@ -90,7 +93,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from lhc.logs import show
     from lhc.training import sweep
+
+    show()
 
     summary = sweep(args.profile, args.seeds, arms=args.arms.split(","), data_path=args.data,
                     out=args.out, base=args.base, verbose=args.verbose)
