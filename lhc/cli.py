@@ -11,11 +11,11 @@ Subcommands:
   its data report (JSON and figures).
 - ``lhc data pack SOURCE OUT.lhcpack`` and ``lhc data unpack PACK OUT.csv[.gz]``: the compact
   lossless pack the data travels in to a machine without network (:mod:`lhc.data.pack`).
-- ``lhc train --profile smoke|cpu|paper [--data PATH] --out runs/NAME [--seed S] [--stages 1-4]``
+- ``lhc train --profile smoke|cpu|gpu|paper [--data PATH] --out runs/NAME [--seed S] [--stages 1-4]``
   and ``lhc train --resume runs/NAME``; ``lhc sweep --profile ... --seeds 1-10 --arms A,B``
   (:mod:`lhc.training.commands`).
 - ``lhc evaluate RUN_DIR_OR_MODEL --data PATH [--split] [--tta]`` (:mod:`lhc.evaluate_cli`).
-- ``lhc run [--profile smoke|cpu|paper] [--data PATH] [--out runs/NAME]`` (the notebook
+- ``lhc run [--profile smoke|cpu|gpu|paper] [--data PATH] [--out runs/NAME]`` (the notebook
   sequence, headless) and ``lhc report runs/NAME [--no-images]`` (:mod:`lhc.workbench_cli`).
 - ``lhc predict MODEL IMAGE_OR_DIR... [--tta flip] [--out DIR]`` and
   ``lhc export MODEL --format keras|savedmodel|tflite`` (:mod:`lhc.predict_cli`).

@@ -1,6 +1,6 @@
 """The ``lhc run`` and ``lhc report`` subcommands, added to the ``lhc`` parser by :func:`add_cli`.
 
-- ``lhc run [--profile smoke|cpu|paper] [--data PATH] [--out runs/NAME] [--only 04,05]
+- ``lhc run [--profile smoke|cpu|gpu|paper] [--data PATH] [--out runs/NAME] [--only 04,05]
   [--from 03] [--no-images] [-p NAME VALUE ...]``: the notebook sequence
   (:func:`lhc.workbench.run_sequence`).
 - ``lhc report runs/NAME [--out reports/NAME] [--no-images]``: the HTML report

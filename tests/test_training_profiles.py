@@ -4,6 +4,7 @@ acceptance rule, and the checks a run makes before it writes anything."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -54,9 +55,40 @@ def write_variant(tmp_path: Path, old: str, new: str, name: str = "variant.yaml"
 
 
 def test_shipped_profiles_load():
-    assert {"paper", "cpu", "smoke"} <= set(available_profiles())
-    for name in ("paper", "cpu", "smoke"):
+    assert {"paper", "cpu", "smoke", "gpu"} <= set(available_profiles())
+    for name in ("paper", "cpu", "smoke", "gpu"):
         assert load_profile(name).name == name
+
+
+# What an epoch of the gpu profile costs on one H200, from the measured training step
+# (gpu_train_step_h200_jax.json): 28,709 Training images at 90% of the device-resident rate
+# (the fit efficiency issue 16 asks for), 3,589 PublicTest images at a third of a training
+# step's cost per image, and per stage one step compiled plus an evaluation at half that.
+H200_STEP = Path(__file__).resolve().parents[1] / "benchmarks/results/gpu_train_step_h200_jax.json"
+TRAIN_IMAGES, PUBLIC_TEST_IMAGES, FIT_EFFICIENCY = 28709, 3589, 0.9
+GPU_BUDGET_SECONDS = 7 * 60
+
+
+def test_gpu_profile_is_the_papers_protocol_at_224_within_seven_minutes_on_an_h200():
+    profile = load_profile("gpu")
+    assert (profile.input_size, profile.precision, profile.data.paper_jpeg) == (
+        224, "mixed_bfloat16", False)
+    assert profile.resolved_blocks() == load_profile("paper").resolved_blocks()
+    models = {stage: settings.model for stage, settings in profile.stages.items()}
+    assert models == {"stage1": "resnet34v2", "stage2": "resnet34v2", "stage3": "resnet34v2",
+                      "stage4": "lhc_net", "lhcc": "lhc_netc"}
+    stage1 = profile.stages["stage1"]
+    assert (stage1.optimizer, stage1.learning_rate, stage1.batch_size) == ("adam", 1e-4, 48)
+    measured = json.loads(H200_STEP.read_text())["results"]
+    seconds = 0.0
+    for settings in profile.stages.values():
+        step = measured[f"{'resnet34v2' if settings.model == 'resnet34v2' else 'lhc_net'}"
+                        f"/mixed_bfloat16"]
+        rate = step["images_per_second"]
+        epoch = TRAIN_IMAGES / (FIT_EFFICIENCY * rate) + PUBLIC_TEST_IMAGES / (3 * rate)
+        seconds += 1.5 * step["compile_seconds"] + settings.max_epochs * epoch
+    assert seconds <= GPU_BUDGET_SECONDS, f"{seconds:.0f} s of training"
+    assert seconds >= 0.9 * GPU_BUDGET_SECONDS, f"{seconds:.0f} s: the budget is left unused"
 
 
 def test_paper_profile_is_the_papers_protocol():
