@@ -228,9 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lhc.logs import show
-
-    show()  # the library's progress lines (lhc.training's runner and sweeps) on stdout
     if args.command not in TENSORFLOW_FREE_COMMANDS:
         _quiet_tensorflow()
     try:

@@ -33,15 +33,15 @@ def smoke_training(tmp_path_factory):
     with open(shared / "smoke-training.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         metrics_path = run_dir / "metrics.json"
-        if metrics_path.exists() and json.loads(metrics_path.read_text())["status"] == "complete":
-            return run_dir, json.loads(metrics_path.read_text())
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+        if metrics is not None and metrics["status"] == "complete":
+            return run_dir, metrics
         return run_dir, train("smoke", out=run_dir, verbose=0)
 
 
 def tiny_profile(name: str = "tiny"):
-    """The smoke profile shrunk to 80 images at 32x32 (64 training, 8 validation, 8 test).
-
-    Stage 1 in batches of 16, so that every batch splits evenly over two devices.
+    """The smoke profile shrunk to 80 images at 32x32 (64 training, 8 validation, 8 test), stage
+    1 in batches of 16, so that every batch splits evenly over two devices.
 
     For tests of the training machinery (resume, side-by-side models, backends), not of what a
     model learns: two such stage-1 epochs take seconds where the smoke profile takes a minute.

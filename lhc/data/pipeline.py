@@ -243,7 +243,6 @@ class EpochBatches(keras.utils.PyDataset):
         self.process_index, self.process_count = process_index, process_count
         self.epoch = 0
         self._order = epoch_order(len(images), seed, 0) if shuffle else np.arange(len(images))
-        self.replicas = replicas
         self.dropped = len(images) % batch_size % replicas
 
     def set_epoch(self, epoch: int) -> None:

@@ -66,7 +66,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lhc.logs import show
     from lhc.training import resume, train
 
-    show()  # the runner's progress lines, whoever calls the command (lhc.cli.main does too)
+    show()  # the runner's progress lines on stdout, however the command is called
 
     # keras.distribution.initialize reads these when the run's strategy is multi_worker.
     for flag, variable in (("coordinator", "KERAS_DISTRIBUTION_JOB_ADDRESSES"),

@@ -162,18 +162,12 @@ def _jax_placement(name: str, coordinator: str | None, num_processes: int | None
 
 
 def jit_compile() -> bool | str:
-    """What a stage passes to ``compile(jit_compile=...)`` on this backend.
+    """What a stage passes to ``compile(jit_compile=...)``: Keras' ``"auto"`` but on a CPU
+    with TensorFlow, whose XLA made training 25x slower here.
 
-    JAX: ``True``, always. Keras' ``"auto"`` would turn compilation off for the whole training
-    step, because ``RandomRotation``, ``RandomTranslation`` and ``RandomZoom`` declare
-    ``supports_jit = False`` (TensorFlow's projective-transform kernel has no XLA version); on
-    JAX they are ``keras.ops`` and compile, and without ``jit`` the step ran op by op and, with
-    ``DataParallel`` over two CPU devices, deadlocked in an eager all-reduce.
-    TensorFlow: XLA only with a GPU (``"auto"``, which those layers turn into graph mode without
-    XLA); on this CPU TensorFlow's XLA made training 25x slower.
+    On JAX ``"auto"`` compiles the step: ``lhc.data.pipeline.augmentation_layers`` marks the
+    augmentation layers jittable there (without it one of them kept the step uncompiled).
     """
-    if backend() == "jax":
-        return True
     if backend() != "tensorflow":
         return "auto"
     import tensorflow as tf

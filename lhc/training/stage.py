@@ -44,7 +44,7 @@ from lhc.training.layout import RunLayout, StageLayout
 from lhc.training.profiles import STAGES, Profile
 from lhc.training.registry import build_model
 
-log_info = logging.getLogger(__name__).info
+logger = logging.getLogger(__name__)
 
 __all__ = ["derive_seed", "initialised_model", "predecessor", "run_stage", "stage_tracks"]
 
@@ -151,7 +151,7 @@ def _batches(profile: Profile, data, split: str, batch_size: int, placement: Pla
 
 
 def run_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track: str, data,
-              placement: Placement, verbose: int, log=log_info) -> dict[str, Any]:
+              placement: Placement, verbose: int, log=logger.info) -> dict[str, Any]:
     """Train one model through one stage (module docstring).
 
     Returns:
@@ -188,7 +188,7 @@ def _train_stage(run_dir: Path, profile: Profile, state: dict, stage: str, track
     left_out = {split: batches.dropped for split, batches in (("train", train_batches),
                                                               ("val", val_batches))}
     if any(left_out.values()):
-        logging.getLogger(__name__).warning(
+        logger.warning(
             "%s %s: the last batch splits evenly over %d replicas only without its last rows: "
             "%s images left out per epoch", stage, track, placement.replicas, left_out)
     source_shape = train_batches[0][0].shape[1:]

@@ -34,9 +34,9 @@ from lhc.training.runner import train
 
 __all__ = ["ARMS", "GLOBAL_ARM", "parse_seeds", "sweep", "train_global_arm"]
 
-# arm -> (stage 4's model, stages run from the base)
 log = logging.getLogger(__name__)
 
+# arm -> (stage 4's model, stages run from the base)
 ARMS = {"A": ("resnet34v2", "4"), "B": ("lhc_net", "4"), "C": ("lhc_net", "4,C")}
 
 
