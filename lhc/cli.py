@@ -7,8 +7,8 @@ Subcommands:
   on random input (the main job of ``make run`` until the notebook sequence lands).
 - ``lhc synth OUT.csv[.gz] [--n N] [--seed S]``: write the synthetic FER-like data set in
   Kaggle's ``fer2013.csv`` format.
-- ``lhc data-report PATH [--out DIR] [--carve-test F]``: validate a FER2013 source and write
-  its data report (JSON and figures).
+- ``lhc data-report PATH [--out DIR] [--carve-test F] [--allow-resize]``: validate a FER2013
+  source and write its data report (JSON and figures).
 - ``lhc data pack SOURCE OUT.lhcpack`` and ``lhc data unpack PACK OUT.csv[.gz]``: the compact
   lossless pack the data travels in to a machine without network (:mod:`lhc.data.pack`).
 - ``lhc train --profile smoke|cpu|gpu|paper [--data PATH] --out runs/NAME [--seed S] [--stages 1-4]``
@@ -107,8 +107,8 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from lhc.data import synthetic
 
-    path = synthetic.write_fer2013_csv(args.out, n=args.n, seed=args.seed)
-    print(f"wrote {args.n} synthetic images to {path}")
+    synthetic.write_fer2013_csv(args.out, n=args.n, seed=args.seed)  # returns the data set
+    print(f"wrote {args.n} synthetic images to {args.out}")
     return 0
 
 
@@ -118,7 +118,8 @@ def _cmd_data_report(args: argparse.Namespace) -> int:
     from lhc.data import load_fer2013
     from lhc.data import report as data_report
 
-    data = load_fer2013(args.path, carve_test=args.carve_test, on_error=args.on_error)
+    data = load_fer2013(args.path, carve_test=args.carve_test, on_error=args.on_error,
+                        allow_resize=args.allow_resize)
     summary = data_report.data_report(data)
     out = Path(args.out)
     write_json(out / "data_report.json", summary)
@@ -192,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--carve-test", type=float, default=None,
                         help="carve a stratified test split of this fraction from train")
     report.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    report.add_argument("--allow-resize", action="store_true",
+                        help="resize image-folder images that are not 48x48 to 48x48 (bilinear) "
+                             "instead of failing on them")
     report.add_argument("--images", action="store_true",
                         help="also draw a grid of sample faces (off: no images of the data)")
     report.set_defaults(func=_cmd_data_report)
@@ -230,10 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in TENSORFLOW_FREE_COMMANDS:
         _quiet_tensorflow()
+    from lhc.training.run_lock import RunLocked
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input (a DataError names file and line) is the user's to fix: no traceback.
+    except (ValueError, FileNotFoundError, RunLocked) as error:
+        # Bad input (a DataError names file and line), or a run folder another process
+        # writes, is the user's to fix: no traceback.
         print(f"lhc {args.command}: error: {error}", file=sys.stderr)
         return 2
 

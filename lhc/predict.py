@@ -6,8 +6,11 @@ The steps, for each image:
    FER2013's images are grey.
 2. Faces: OpenCV's frontal-face Haar cascade (``haarcascade_frontalface_default.xml``, shipped
    in ``opencv-python-headless`` 4.x; 5.0 dropped ``CascadeClassifier``, hence the ``<5`` pin),
-   boxes ``(x, y, width, height)`` in the image's pixels, ordered left to right. With
-   ``detect=False`` the whole image is the face (an already-cropped face).
+   boxes ``(x, y, width, height)`` in the image's pixels, ordered left to right. The cascade
+   scans a copy of at most :data:`DETECT_MAX_SIDE` px and accepts faces of at least
+   :data:`MIN_FACE_FRACTION` of its shorter side; the boxes are mapped back to the full image,
+   which the crops are taken from. With ``detect=False`` the whole image is the face (an
+   already-cropped face).
 3. Crop: the box grown by ``margin`` of its side on every side, since the cascade's box is
    tighter than FER2013's framing (chin to hairline, some background); pixels beyond the
    image's border repeat its edge. The crop is resized to 48x48 (area interpolation) and
@@ -20,7 +23,8 @@ The steps, for each image:
 
 :class:`Predictor` is the API behind ``lhc predict``; :meth:`Predictor.predict_paths` also
 writes ``predictions.csv``, ``predictions.json`` and an annotated copy of every image (box,
-label, probability bars) when given an output folder.
+label, probability bars; at most :data:`ANNOTATE_MAX_SIDE` px plus the panel) when given an
+output folder.
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ from lhc._io import write_bytes, write_json, write_text
 from lhc.export import LoadedModel, load_model
 
 __all__ = [
+    "ANNOTATE_MAX_SIDE",
     "DEFAULT_MARGIN",
+    "DETECT_MAX_SIDE",
     "FER_SIZE",
     "IMAGE_SUFFIXES",
+    "MIN_FACE_FRACTION",
     "Face",
     "ImageResult",
     "PredictionReport",
@@ -63,8 +70,25 @@ DEFAULT_MARGIN = 0.1
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 # OpenCV's usual settings: 10% scale steps, 5 overlapping hits to accept a face; faces under
-# 30 px hold less detail than FER2013's 48x48 anyway.
+# 30 px (of the image the cascade scans) hold less detail than FER2013's 48x48 anyway.
 _SCALE_FACTOR, _MIN_NEIGHBOURS, _MIN_FACE = 1.1, 5, 30
+DETECT_MAX_SIDE = 1024
+"""Longest side of the copy the cascade scans; larger images are shrunk (area interpolation).
+
+The cascade's work grows with the pixel count and the number of scales: on an 8000x8000 photo
+it took 13-16 s and 3.5 GB, and its millions of windows found several "faces" in
+pure noise. A face large enough to read an expression from keeps well over the cascade's
+24 px window at this size, and the crop is still taken from the full-resolution image.
+"""
+MIN_FACE_FRACTION = 1 / 16
+"""Smallest face side the cascade accepts, as a fraction of the scanned image's shorter side.
+
+With it, a photo is scanned alike at every resolution from 480 px (below, the absolute 30 px
+minimum rules): the same faces, not more false hits for more pixels. The cascade's false hits
+on smooth, blurred texture are small boxes (4-6% of the side on photos upscaled 12x), and an
+expression is read from a face that is a subject of the photo, not one in the crowd behind
+it. Group photos of many small faces want ``detect_faces(..., min_face_fraction=...)`` lower.
+"""
 NO_FACE = "no face found"
 
 
@@ -159,19 +183,41 @@ def _cascade() -> cv2.CascadeClassifier:
     return cascade
 
 
-def detect_faces(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
+def detect_faces(grey: np.ndarray, *, max_side: int = DETECT_MAX_SIDE,
+                 min_face_fraction: float = MIN_FACE_FRACTION) -> list[tuple[int, int, int, int]]:
     """Face boxes ``(x, y, width, height)`` found by the Haar cascade, left to right.
+
+    The cascade scans a copy shrunk to ``max_side`` (:data:`DETECT_MAX_SIDE`) and accepts faces
+    of at least ``min_face_fraction`` (:data:`MIN_FACE_FRACTION`) of that copy's shorter side
+    and 30 px; the boxes are mapped back to ``grey``'s pixels.
 
     Args:
         grey: uint8 ``(H, W)``.
+        max_side: longest side of the scanned copy; smaller images are scanned as they are.
+        min_face_fraction: smallest face side, as a fraction of the scanned copy's shorter side.
 
     Returns:
-        The boxes; empty when the image shows no frontal face.
+        The boxes in ``grey``'s pixels, within its borders; empty when the image shows no
+        frontal face.
     """
-    boxes = _cascade().detectMultiScale(grey, scaleFactor=_SCALE_FACTOR,
+    height, width = grey.shape
+    shrink = max(height, width) / max_side
+    scanned = grey if shrink <= 1 else cv2.resize(
+        grey, (max(1, round(width / shrink)), max(1, round(height / shrink))),
+        interpolation=cv2.INTER_AREA)  # area: each pixel averages its block, no aliasing
+    min_face = max(_MIN_FACE, math.ceil(min_face_fraction * min(scanned.shape)))
+    boxes = _cascade().detectMultiScale(scanned, scaleFactor=_SCALE_FACTOR,
                                         minNeighbors=_MIN_NEIGHBOURS,
-                                        minSize=(_MIN_FACE, _MIN_FACE))
-    return sorted(tuple(int(value) for value in box) for box in boxes)
+                                        minSize=(min_face, min_face))
+    # Per axis: the copy's sides are rounded, so its two factors may differ slightly.
+    scale_x, scale_y = width / scanned.shape[1], height / scanned.shape[0]
+    mapped = []
+    for x, y, box_width, box_height in (tuple(int(value) for value in box) for box in boxes):
+        left, top = round(x * scale_x), round(y * scale_y)
+        right = min(width, round((x + box_width) * scale_x))
+        bottom = min(height, round((y + box_height) * scale_y))
+        mapped.append((left, top, right - left, bottom - top))
+    return sorted(mapped)
 
 
 def crop_face(grey: np.ndarray, box: tuple[int, int, int, int],
@@ -332,10 +378,8 @@ class Predictor:
             results.append(ImageResult(str(path), faces, None if faces else NO_FACE))
             if out is not None:
                 name = _unique_name(path.stem, used_names)
-                annotated = cv2.cvtColor(annotate(image, faces, self.class_names),
-                                         cv2.COLOR_RGB2BGR)
                 write_bytes(Path(out) / "annotated" / f"{name}.png",
-                            cv2.imencode(".png", annotated)[1].tobytes())
+                            _png_bytes(annotate(image, faces, self.class_names)))
         report = PredictionReport(results, skipped)
         if out is not None:
             self._write_tables(report, Path(out))
@@ -386,30 +430,58 @@ def _unique_name(stem: str, used: set[str]) -> str:
 _BOX_COLOUR, _BAR_COLOUR, _TEXT_COLOUR = (0, 158, 115), (0, 114, 178), (30, 30, 30)  # RGB
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _MIN_SIDE, _PANEL_WIDTH, _ROW = 360, 260, 18
+ANNOTATE_MAX_SIDE = 2048
+"""Longest side of an annotated picture (the panel comes beside it); larger images are shrunk.
+
+An annotated copy is for looking at the boxes, not a second copy of the photo: at full size an
+8000x8000 photo's PNG took 31-60 MB. This is enough to see the faces and read the labels.
+"""
+# zlib level 3: OpenCV's default PNG setting (run-length strategy) leaves a noisy photo's
+# annotated copy at about 10 MB for 2048 px, twice what zlib's usual strategy makes of it in
+# about 0.3 s; higher levels save little more for seconds.
+_PNG_COMPRESSION = 3
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, _PNG_COMPRESSION])[1].tobytes()
 
 
 def annotate(image: np.ndarray, faces: Sequence[Face], class_names: Sequence[str]) -> np.ndarray:
     """A copy of ``image`` with each face's numbered box and label, and a panel of bars.
 
-    Small images are enlarged (nearest neighbour) so that the text stays readable. The panel
-    on the right holds, per face, its label and one probability bar per class.
+    Small images are enlarged (nearest neighbour) so that the text stays readable; images
+    larger than :data:`ANNOTATE_MAX_SIDE` are shrunk to it (area interpolation), their boxes
+    with them. The panel on the right holds, per face, its label and one probability bar per
+    class.
 
     Args:
         image: uint8 image as :func:`to_grey` takes it.
-        faces: the image's faces.
+        faces: the image's faces, boxes in ``image``'s pixels.
         class_names: the model's classes, in output order.
 
     Returns:
-        RGB uint8 ``(H', W' + panel, 3)``.
+        RGB uint8 ``(H', W' + panel, 3)``, ``max(H', W') <= ANNOTATE_MAX_SIDE`` unless the panel
+        needs more height for many faces.
     """
     rgb = image[..., :3] if image.ndim == 3 and image.shape[-1] >= 3 else (
         cv2.cvtColor(to_grey(image), cv2.COLOR_GRAY2RGB))
-    scale = max(1, math.ceil(_MIN_SIDE / max(rgb.shape[:2])))
-    picture = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    longest = max(rgb.shape[:2])
+    if longest > ANNOTATE_MAX_SIDE:
+        shrink = longest / ANNOTATE_MAX_SIDE
+        picture = cv2.resize(rgb, (max(1, round(rgb.shape[1] / shrink)),
+                                   max(1, round(rgb.shape[0] / shrink))),
+                             interpolation=cv2.INTER_AREA)
+    else:
+        enlarge = max(1, math.ceil(_MIN_SIDE / longest))
+        picture = cv2.resize(rgb, None, fx=enlarge, fy=enlarge, interpolation=cv2.INTER_NEAREST)
+    scale_x, scale_y = picture.shape[1] / rgb.shape[1], picture.shape[0] / rgb.shape[0]
     line = max(1, round(max(picture.shape[:2]) / 300))
     for number, face in enumerate(faces, 1):
-        x, y, width, height = (value * scale for value in face.box)
-        cv2.rectangle(picture, (x, y), (x + width - 1, y + height - 1), _BOX_COLOUR, line)
+        x, y = round(face.box[0] * scale_x), round(face.box[1] * scale_y)
+        right = round((face.box[0] + face.box[2]) * scale_x)  # one past the box, as the box's
+        bottom = round((face.box[1] + face.box[3]) * scale_y)  # own x + width
+        cv2.rectangle(picture, (x, y), (right - 1, bottom - 1), _BOX_COLOUR, line)
         caption = f"{number} {face.label} {face.probability:.2f}"
         (text_width, text_height), depth = cv2.getTextSize(caption, _FONT, 0.45 * line, line)
         # Above the box, or inside its top when the box touches the image's top edge.

@@ -7,11 +7,15 @@
 
 ``MODEL`` is a run directory (its stage-4 LHC-Net unless ``--stage``/``--model`` say
 otherwise) or a ``.keras`` file. TensorFlow is imported only when a command runs.
+
+``lhc predict`` exits 1 when it predicted no face at all (every input skipped, or no face
+found), after saying so.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = ["add_cli"]
 
@@ -77,7 +81,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"faces: {report.num_faces}, images: {len(report.results)}, without a face: "
           f"{sum(not result.faces for result in report.results)}, skipped: "
           f"{len(report.skipped)}; predictions in {args.out}")
+    if report.num_faces == 0:
+        # A script that runs ``lhc predict`` must see that it got no prediction at all (wrong
+        # paths, unreadable files, no face), not a success with empty tables.
+        skipped, read = len(report.skipped), len(report.results)
+        print(f"lhc predict: nothing predicted: {_count(skipped, 'input')} skipped, "
+              f"{_count(read, 'image')} read, none with a face", file=sys.stderr)
+        return 1
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -9,6 +9,12 @@ the current directory (relative paths resolve as on the command line) and write 
 (TensorFlow's C++ log lines) to ``RUN_DIR/notebooks/kernels.log``. Each run also records, in
 ``RUN_DIR/workbench.json``, the notebooks run with their wall times and the versions and
 hardware they ran on, for the report (:mod:`lhc.report`).
+
+One ``lhc run`` writes a run directory at a time (:mod:`lhc.training.run_lock`; its kernels
+train under the same lock). An interrupt (Ctrl-C) stops the running kernel, records the
+notebook as "interrupted" and raises :class:`SequenceInterrupted`; the next run of that
+notebook keeps the interrupted one's partial notebook beside it
+(``NN_name.interrupted-1.ipynb``) instead of overwriting it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import platform
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -28,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from lhc._io import write_json
+from lhc.training.layout import RunLayout
+from lhc.training.run_lock import run_lock
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 MANIFEST_FILE = "workbench.json"  # in the run directory
@@ -37,7 +46,7 @@ KERNEL_LOG = "kernels.log"  # in RUN_DIR/notebooks: what the kernels wrote to st
 _NOTEBOOK_NAME = re.compile(r"^(?P<key>\d\d[a-z]?)_\w+\.ipynb$")
 VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "lhc-workbench", "papermill", "matplotlib")
 
-__all__ = ["NotebookFailed", "environment_summary", "execute_notebook", "notebook_sequence",
+__all__ = ["NotebookFailed", "SequenceInterrupted", "environment_summary", "execute_notebook", "notebook_sequence",
            "read_manifest", "refresh_outputs", "run_sequence", "select_notebooks"]
 
 
@@ -53,6 +62,23 @@ class NotebookFailed(RuntimeError):
         super().__init__(message)
         self.notebook = notebook
         self.output = output
+
+
+class SequenceInterrupted(KeyboardInterrupt):
+    """The sequence was interrupted (Ctrl-C) while a notebook ran; its kernel was stopped.
+
+    Attributes:
+        notebook: the interrupted notebook's name; ``key`` its key (``"02"``).
+        output: its partially executed copy, kept.
+        training: ``(stage, model, epochs checkpointed)`` of the stages it left unfinished.
+    """
+
+    def __init__(self, notebook: Path, output: Path, training: list[tuple[str, str, int]]):
+        self.notebook, self.key, self.output, self.training = notebook.stem, _key(notebook), \
+            output, training
+        after = "".join(f" after epoch {epoch} of {stage} ({model})"
+                        for stage, model, epoch in training[-1:])
+        super().__init__(f"interrupted in {notebook.stem}{after}; partial notebook kept: {output}")
 
 
 def notebook_sequence(notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR) -> list[Path]:
@@ -218,6 +244,8 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
 
     Raises:
         NotebookFailed: a notebook raised; the sequence stopped there.
+        SequenceInterrupted: an interrupt (Ctrl-C); the notebook's kernel was stopped.
+        lhc.training.run_lock.RunLocked: another process writes the run directory.
         ValueError: unknown profile or notebook key, or a parameter no selected notebook
             declares.
     """
@@ -243,11 +271,18 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
     candidates = {"run_dir": str(run_dir), "profile": str(profile),
                   "data_path": str(Path(data_path).resolve()) if data_path else "",
                   "show_images": images, "images": images, **(parameters or {})}
+    with run_lock(run_dir, "lhc run"):
+        return _run_locked(run_dir, selected, declared, candidates, profile, images, log)
+
+
+def _run_locked(run_dir: Path, selected: list[Path], declared: dict, candidates: dict,
+                profile, images: bool, log: Callable[[str], None]) -> list[dict]:
+    """:func:`run_sequence`'s loop, with the run directory's lock held."""
     # Notebooks run by earlier calls (``--from 04`` after a fix) keep their records.
     records = {record["notebook"]: record for record in read_manifest(run_dir)["notebooks"]}
     manifest = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
                 "profile": str(profile), "data_path": candidates["data_path"], "images": images,
-                "environment": environment_summary()}
+                "environment": environment_summary(), "status": "running"}
 
     def save(record: dict) -> None:
         records[record["notebook"]] = record
@@ -261,6 +296,9 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
     kernel_log = run_dir / "notebooks" / KERNEL_LOG
     for position, notebook in enumerate(selected, 1):
         output = run_dir / "notebooks" / notebook.name
+        if records.get(notebook.stem, {}).get("status") == "interrupted" and output.exists():
+            kept = _keep_interrupted(output)
+            log(f"the interrupted run's partial {output.name} is kept as {kept.name}")
         log(f"[{position}/{len(selected)}] {notebook.stem} ...")
         record = {"notebook": notebook.stem, "status": "running"}
         ran.append(record)
@@ -272,15 +310,68 @@ def run_sequence(profile: str = "smoke", data_path: str | os.PathLike | None = N
                                                         cwd=Path.cwd(),
                                                         declared=declared[notebook])
         except BaseException as error:
-            record.update(status="failed", seconds=round(time.perf_counter() - notebook_start, 1))
+            interrupted = isinstance(error, KeyboardInterrupt)
+            if interrupted:
+                # Before the lock goes: a kernel left running would go on writing the run.
+                _stop_kernels()
+            manifest["status"] = record["status"] = "interrupted" if interrupted else "failed"
+            record["seconds"] = round(time.perf_counter() - notebook_start, 1)
             save(record)
+            if interrupted:
+                raise SequenceInterrupted(notebook, output,
+                                          RunLayout(run_dir).checkpointed()) from None
             raise _failure(notebook, output, kernel_log, error) from None
         record.update(status="done", seconds=round(time.perf_counter() - notebook_start, 1))
+        if position == len(selected):
+            manifest["status"] = "complete"
         save(record)
         log(f"[{position}/{len(selected)}] {notebook.stem} done in {record['seconds']:.1f} s "
             f"(total {_minutes(time.perf_counter() - sequence_start)})")
     log(f"executed notebooks in {run_dir / 'notebooks'}")
     return ran
+
+
+def _keep_interrupted(output: Path) -> Path:
+    """Rename an interrupted run's partial notebook to ``NN_name.interrupted-K.ipynb``.
+
+    The name does not match the sequence's pattern, so reports never read it as a result.
+    """
+    number = 1
+    while (kept := output.with_name(f"{output.stem}.interrupted-{number}{output.suffix}")).exists():
+        number += 1
+    os.replace(output, kept)
+    return kept
+
+
+def _stop_kernels(timeout: float = 10.0) -> None:
+    """Kill this process's Jupyter kernels (Linux: found through /proc) and wait for them.
+
+    An interrupt reaches ``lhc run`` only: papermill starts each kernel in a session of its
+    own. nbclient would stop it at exit; by then the lock is released, so stop it now. Every
+    file the workbench writes is atomic, so killing a kernel mid-epoch loses that epoch only.
+    """
+    kernels = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and b"ipykernel" in command:
+            kernels.append(int(stat.parent.name))
+    for pid in kernels:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    for pid in kernels:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state in ("Z", "X"):  # dead; jupyter_client reaps it
+                break
+            time.sleep(0.05)
 
 
 def refresh_outputs(notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR,

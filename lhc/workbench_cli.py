@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 __all__ = ["add_cli", "notebook_parameters"]
@@ -52,15 +53,40 @@ def add_cli(subparsers) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from lhc.workbench import NotebookFailed, run_sequence
+    from lhc._io import DiskFull
+    from lhc.training.commands import EXIT_INTERRUPTED
+    from lhc.training.run_lock import RunLocked
+    from lhc.workbench import NotebookFailed, SequenceInterrupted, run_sequence
 
     try:
         run_sequence(args.profile, args.data, out=args.out, only=args.only, start=args.start,
                      images=args.images, parameters=notebook_parameters(args.parameters))
-    except (NotebookFailed, ValueError) as failure:
+    except SequenceInterrupted as stop:
+        print(f"lhc run: {stop}; resume with: {_resume_command(args, stop.key)}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (NotebookFailed, ValueError, RunLocked, DiskFull) as failure:
         print(f"lhc run: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _resume_command(args: argparse.Namespace, key: str) -> str:
+    """The ``lhc run`` command that continues from notebook ``key``, with the same settings.
+
+    The training notebooks continue their stages from the last checkpoints.
+    """
+    from pathlib import Path
+
+    out = args.out or str(Path("runs") / Path(args.profile).stem)
+    words = ["lhc", "run", "--profile", args.profile, "--out", out, "--from", key]
+    if args.data:
+        words += ["--data", args.data]
+    if not args.images:
+        words.append("--no-images")
+    for name, value in args.parameters:
+        words += ["-p", name, value]
+    return shlex.join(words)
 
 
 def notebook_parameters(pairs) -> dict:

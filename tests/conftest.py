@@ -78,7 +78,7 @@ def kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, timeou
 # training first of all, so that one worker gets both of them (and trains once) while the
 # other takes the next two, and both finish close together.
 LONG_FILES = ("test_training_run.py", "test_notebooks_nbval.py", "test_workbench.py",
-              "test_training_jax.py")
+              "test_training_jax.py", "test_faults.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -158,7 +158,8 @@ IMAGE_CASES = {
     "truncated image": (png_bytes(NOISE)[:300],
                         "expected a decodable PNG or JPEG image"),
     "image not 48x48": (png_bytes(np.zeros((40, 64), np.uint8)),
-                        "expected a 48x48 image (pass allow_resize=True to resize); found 64x40"),
+                        "expected a 48x48 image (pass allow_resize=True to resize, or "
+                        "--allow-resize to lhc data-report); found 64x40"),
 }
 
 

@@ -107,7 +107,9 @@ def decode_image(data: bytes, file: str, allow_resize: bool,
     resized = grey.size != (IMAGE_SIZE, IMAGE_SIZE)
     if resized:
         if not allow_resize:
-            record(DataError(file, None, "a 48x48 image (pass allow_resize=True to resize)",
+            # One message for the API and the command line, which has the flag in data-report.
+            record(DataError(file, None, "a 48x48 image (pass allow_resize=True to resize, or "
+                                         "--allow-resize to lhc data-report)",
                              f"{grey.size[0]}x{grey.size[1]}"))
             return None, False
         grey = grey.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)

@@ -25,7 +25,7 @@ from typing import Any
 import keras
 
 from lhc._io import write_text
-from lhc.training.checkpoints import save_checkpoint
+from lhc.training.checkpoints import NonFiniteWeights, save_checkpoint
 
 __all__ = ["HISTORY_COLUMNS", "KERAS_METRICS", "DivergenceGuard", "EarlyStoppingCheckpoint",
            "EpochOrder", "write_history"]
@@ -94,8 +94,7 @@ class EarlyStoppingCheckpoint(keras.callbacks.Callback):
         if self.guard.failure is not None:
             return
         logs = logs or {}
-        self.epochs_done = epoch + 1
-        row = {"epoch": self.epochs_done, **{key: float(logs[key]) for key in KERAS_METRICS},
+        row = {"epoch": epoch + 1, **{key: float(logs[key]) for key in KERAS_METRICS},
                "learning_rate": float(keras.ops.convert_to_numpy(
                    self.model.optimizer.learning_rate)),
                "seconds": round(time.monotonic() - self._epoch_started, 3)}
@@ -103,10 +102,18 @@ class EarlyStoppingCheckpoint(keras.callbacks.Callback):
         progress["history"].append(row)
         progress["wait"] += 1
         if progress["best_value"] is None or row["val_accuracy"] > progress["best_value"]:
-            progress.update(best_value=row["val_accuracy"], best_epoch=self.epochs_done, wait=0)
+            progress.update(best_value=row["val_accuracy"], best_epoch=epoch + 1, wait=0)
         progress["wall_seconds"] += time.monotonic() - self._since_checkpoint
-        save_checkpoint(self.checkpoint_dir, self.epochs_done, self.model, progress,
-                        keep=[progress["best_epoch"]])
+        try:
+            save_checkpoint(self.checkpoint_dir, epoch + 1, self.model, progress,
+                            keep=[progress["best_epoch"]])
+        except NonFiniteWeights:
+            # A finite loss over weights gone NaN: diverged all the same, and never "good".
+            self.guard.failure = {"batch": None, "loss": str(row["loss"]),
+                                  "weights": "not finite"}
+            self.model.stop_training = True
+            return
+        self.epochs_done = epoch + 1
         self._since_checkpoint = time.monotonic()
         write_history(self.history_path, progress["history"])
         if progress["wait"] >= self.patience:

@@ -5,6 +5,11 @@
   continues an interrupted run.
 - ``lhc sweep --profile cpu --data PATH --seeds 1-10 --arms A,B [--out DIR] [--base RUN_DIR]``.
 
+An interrupt (Ctrl-C) ends either command with one line saying where the run stopped and how
+to resume it, and exit status 130; a full disk with one line naming the folder and the space
+needed, and exit status 1. A second writer on one run folder is refused
+(:mod:`lhc.training.run_lock`).
+
 TensorFlow is imported only when a command runs.
 """
 
@@ -12,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
-__all__ = ["add_cli"]
+__all__ = ["EXIT_INTERRUPTED", "add_cli"]
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process stopped by Ctrl-C
 
 
 def add_cli(subparsers) -> None:
@@ -63,8 +72,10 @@ def add_cli(subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from lhc._io import DiskFull
     from lhc.logs import show
     from lhc.training import resume, train
+    from lhc.training.runner import RUN_STATE, Interrupted
 
     show()  # the runner's progress lines on stdout, however the command is called
 
@@ -81,25 +92,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if given or args.stages != "all":
             args.parser.error(f"--resume takes no other option (got {given or ['--stages']}): "
                               "the run directory holds its profile, data and stages")
-        metrics = resume(args.resume, verbose=args.verbose)
-    else:
-        if args.profile is None:
-            args.parser.error("--profile is required unless --resume is given")
-        metrics = train(args.profile, args.data, out=args.out, seed=args.seed, stages=args.stages,
-                        imagenet_weights=args.imagenet_weights, start_from=args.start_from,
-                        verbose=args.verbose)
+        if not (Path(args.resume) / RUN_STATE).exists():
+            what = "does not exist" if not Path(args.resume).exists() else \
+                f"holds no run (no {RUN_STATE})"
+            print(f"lhc train: error: {args.resume}: {what}, nothing to resume; start a run "
+                  f"there with: lhc train --profile NAME --out {args.resume}", file=sys.stderr)
+            return 2
+    elif args.profile is None:
+        args.parser.error("--profile is required unless --resume is given")
+    try:
+        if args.resume:
+            metrics = resume(args.resume, verbose=args.verbose)
+        else:
+            metrics = train(args.profile, args.data, out=args.out, seed=args.seed,
+                            stages=args.stages, imagenet_weights=args.imagenet_weights,
+                            start_from=args.start_from, verbose=args.verbose)
+    except Interrupted as stop:
+        print(f"lhc train: {stop}; resume with: lhc train --resume {stop.run_dir}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except DiskFull as full:
+        print(f"lhc train: error: {full}; free space there, then resume with: lhc train "
+              f"--resume {full.run_dir}", file=sys.stderr)
+        return 1
     print(f"{metrics['run']}: {metrics['status']}; metrics in {metrics['run']}/metrics.json")
     return 0 if metrics["status"] == "complete" else 1
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from lhc._io import DiskFull
     from lhc.logs import show
     from lhc.training import sweep
+    from lhc.training.runner import Interrupted
 
     show()
 
-    summary = sweep(args.profile, args.seeds, arms=args.arms.split(","), data_path=args.data,
-                    out=args.out, base=args.base, verbose=args.verbose)
+    try:
+        summary = sweep(args.profile, args.seeds, arms=args.arms.split(","),
+                        data_path=args.data, out=args.out, base=args.base, verbose=args.verbose)
+    except Interrupted as stop:
+        print(f"lhc sweep: {stop}; resume with the same lhc sweep command (finished runs are "
+              "kept, the interrupted one continues)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except DiskFull as full:
+        print(f"lhc sweep: error: {full}; free space there, then rerun the same lhc sweep "
+              "command to continue", file=sys.stderr)
+        return 1
     for key, run in summary["runs"].items():
         kept = run["acceptance"]["kept"] if run["acceptance"] else None
         print(f"{key}: {run['status']}, kept by the acceptance rule: {kept}")

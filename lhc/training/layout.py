@@ -1,6 +1,7 @@
 """Where everything of a run lives: one object owns a run directory's layout.
 
     runs/<name>/
+      .lock                             the writer's lock (lhc.training.run_lock); empty when free
       profile.yaml                      the resolved profile (block settings written out)
       run.json                          data path, stages requested, start_from, divergence
       metrics.json                      every stage summarised, rewritten after each stage
@@ -9,6 +10,7 @@
       stages/<stage>/<model>/
         history.csv                     one row per epoch (loss, accuracy, val_*, lr, seconds)
         checkpoints/                    per-epoch checkpoints (lhc.training.checkpoints)
+        damaged/                        checkpoints that failed verification, kept aside
         final.weights.h5                the stage's result: best epoch's weights (when done)
         initial_lhc_weights.npz         the LHC modules' starting weights (models with LHC)
         summary.json                    the stage's metrics; its presence marks the stage done
@@ -20,6 +22,7 @@ it out.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +112,23 @@ class RunLayout:
         """(stage, model) of every finished stage, sorted."""
         return sorted((path.parent.parent.name, path.parent.name)
                       for path in self.stages_dir.glob("*/*/summary.json"))
+
+    def checkpointed(self) -> list[tuple[str, str, int]]:
+        """(stage, model, epochs checkpointed) of every stage begun and not finished.
+
+        Read from each stage's ``checkpoints/latest.json``; an unreadable index counts 0.
+        """
+        found = []
+        for pointer in sorted(self.stages_dir.glob("*/*/checkpoints/latest.json")):
+            files = StageLayout(pointer.parent.parent)
+            if files.done:
+                continue
+            try:
+                epoch = int(json.loads(pointer.read_text())["epoch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                epoch = 0
+            found.append((files.folder.parent.name, files.folder.name, epoch))
+        return found
 
     def tensorboard(self, stage: str, model: str) -> Path:
         return self.root / "tensorboard" / f"{stage}_{model}"

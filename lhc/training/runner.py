@@ -14,6 +14,10 @@ batches the uninterrupted one saw. Early stopping follows Keras'
 epoch's weights. A NaN or infinite training loss stops the stage and the run, marks it
 diverged and keeps the last good checkpoint (the paper saw LHC training diverge).
 
+One process writes a run directory at a time (:mod:`lhc.training.run_lock`). An interrupt
+(Ctrl-C) surfaces as :class:`Interrupted`, which says after which epoch of which stage the run
+stopped; the checkpoints are intact and :func:`resume` continues.
+
 The paper's acceptance rule for stage 4 is recorded, never enforced by deleting: a stage-4
 model is kept when its training loss is at most 1.1 times the starting backbone's. Both are the
 training losses Keras logged in the epoch whose weights each stage kept (stage 3's best epoch
@@ -22,23 +26,26 @@ for the backbone, stage 4's best epoch for the new model).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lhc._io import write_json, write_text
+from lhc._io import DiskFull, read_json, write_json, write_text
 from lhc.training.callbacks import HISTORY_COLUMNS, KERAS_METRICS, DivergenceGuard
 from lhc.training.distribute import check_strategy, make_strategy, precision_policy
 from lhc.training.layout import RunLayout
 from lhc.training.profiles import STAGES, Profile, load_profile
 from lhc.training.registry import build_model
+from lhc.training.run_lock import LOCK_FILE, run_lock
 from lhc.training.stage import finished_folder, predecessor, run_stage, stage_tracks
 
 __all__ = ["ACCEPTANCE_FACTOR", "HISTORY_COLUMNS", "KERAS_METRICS", "DivergenceGuard",
-           "acceptance", "build_model", "finished_folder", "load_data", "parse_stages",
+           "Interrupted", "NotARunDirectory", "acceptance", "build_model", "finished_folder", "load_data", "parse_stages",
            "read_history", "resume", "stage_tracks", "train"]
 
 ACCEPTANCE_FACTOR = 1.1
@@ -54,9 +61,30 @@ SUMMARY_FILE = RunLayout(".").stage("s", "m").summary.name
 FINAL_WEIGHTS = RunLayout(".").stage("s", "m").final_weights.name
 INITIAL_LHC_WEIGHTS = RunLayout(".").stage("s", "m").initial_lhc_weights.name
 # What the notebook sequence (lhc run) writes into a run directory before training starts.
-WORKBENCH_ENTRIES = {"notebooks", "workbench.json", "data", "cache", "figures", "data_report.json"}
+WORKBENCH_ENTRIES = {"notebooks", "workbench.json", "data", "cache", "figures", "data_report.json",
+                     LOCK_FILE}
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by an interrupt (Ctrl-C); its checkpoints are intact.
+
+    Attributes:
+        run_dir: the run directory.
+        stage, model: the stage and model that were training (None before the first stage).
+        epoch: the epochs of that stage completed and checkpointed.
+    """
+
+    def __init__(self, run_dir: Path, stage: str | None, model: str | None, epoch: int):
+        self.run_dir, self.stage, self.model, self.epoch = run_dir, stage, model, epoch
+        where = (f"after epoch {epoch} of {stage} ({model})" if stage
+                 else "before its first stage began")
+        super().__init__(f"{run_dir}: interrupted {where}")
+
+
+class NotARunDirectory(ValueError):
+    """A folder to resume that holds no run (no ``run.json``)."""
 
 
 def parse_stages(spec: str | list | tuple) -> tuple[str, ...]:
@@ -100,7 +128,11 @@ def parse_stages(spec: str | list | tuple) -> tuple[str, ...]:
 
 def acceptance(backbone_train_loss: float, final_train_loss: float,
                factor: float = ACCEPTANCE_FACTOR) -> dict[str, Any]:
-    """The paper's acceptance rule for stage 4 (section 3, "Stage 4").
+    """One process writes a run directory at a time (:mod:`lhc.training.run_lock`). An interrupt
+(Ctrl-C) surfaces as :class:`Interrupted`, which says after which epoch of which stage the run
+stopped; the checkpoints are intact and :func:`resume` continues.
+
+The paper's acceptance rule for stage 4 (section 3, "Stage 4").
 
     Args:
         backbone_train_loss: training loss of the backbone stage 4 started from.
@@ -181,8 +213,9 @@ def train(profile: Profile | str, data_path: str | Path | None = None,
     run_dir = Path(out) if out else Path("runs") / profile.name
     data_path = str(Path(data_path).resolve()) if data_path else None
     start_from = str(Path(start_from).resolve()) if start_from else None
-    _prepare_run_dir(run_dir, profile, data_path, requested, start_from)
-    return _execute(run_dir, verbose)
+    with run_lock(run_dir, "lhc train"), _naming_the_run(run_dir):
+        _prepare_run_dir(run_dir, profile, data_path, requested, start_from)
+        return _execute(run_dir, verbose)
 
 
 def resume(run_dir: str | Path, verbose: int = 1) -> dict[str, Any]:
@@ -196,11 +229,27 @@ def resume(run_dir: str | Path, verbose: int = 1) -> dict[str, Any]:
 
     Returns:
         The run's metrics (``metrics.json``).
+
+    Raises:
+        NotARunDirectory: ``run_dir`` is missing or holds no run.
     """
     run_dir = Path(run_dir)
     if not (run_dir / RUN_STATE).exists():
-        raise ValueError(f"{run_dir}: not a run directory (no {RUN_STATE}); start it with train()")
-    return _execute(run_dir, verbose)
+        what = "does not exist" if not run_dir.exists() else f"holds no run (no {RUN_STATE})"
+        raise NotARunDirectory(f"{run_dir}: {what}; start a run there with "
+                               f"lhc.training.train(profile, out={str(run_dir)!r})")
+    with run_lock(run_dir, "lhc train --resume"), _naming_the_run(run_dir):
+        return _execute(run_dir, verbose)
+
+
+@contextlib.contextmanager
+def _naming_the_run(run_dir: Path) -> Iterator[None]:
+    """A full disk names the run it stopped (``DiskFull.run_dir``), for the resume hint."""
+    try:
+        yield
+    except DiskFull as full:
+        full.run_dir = run_dir
+        raise
 
 
 def _prepare_run_dir(run_dir: Path, profile: Profile, data_path: str | None,
@@ -214,7 +263,7 @@ def _prepare_run_dir(run_dir: Path, profile: Profile, data_path: str | None,
         if differing:
             raise ValueError(f"{run_dir} holds a run of another profile (differs in {differing}); "
                              "choose another out folder, or continue it with resume()")
-        state = json.loads(state_path.read_text())
+        state = read_json(state_path)
         for key, value in (("data_path", data_path), ("start_from", start_from)):
             if value is not None and state[key] != value:
                 raise ValueError(f"{run_dir} was run with {key} {state[key]!r}, not {value!r}")
@@ -235,7 +284,7 @@ def _prepare_run_dir(run_dir: Path, profile: Profile, data_path: str | None,
 
 
 def _execute(run_dir: Path, verbose: int) -> dict[str, Any]:
-    state = json.loads((run_dir / RUN_STATE).read_text())
+    state = read_json(run_dir / RUN_STATE)
     profile = load_profile(run_dir / PROFILE_FILE)
     if state["diverged"]:
         where = state["diverged"]
@@ -249,30 +298,43 @@ def _execute(run_dir: Path, verbose: int) -> dict[str, Any]:
     log.info("%s: profile %s (%s), stages %s, seed %s, data %s (%s)", run_dir, profile.name,
              profile.mode, state["stages"], profile.seed, data.source,
              ", ".join(f"{split} {len(rows)}" for split, rows in data.splits.items()))
-    with precision_policy(profile.precision):
-        placement = make_strategy(profile.strategy)
-        for stage in state["stages"]:
-            results = {}
-            for track in stage_tracks(profile, stage):
-                results[track] = run_stage(run_dir, profile, state, stage, track, data,
-                                           placement, verbose)
-                if "diverged" in results[track]:
-                    state["diverged"] = results[track]["diverged"]
-                    write_json(run_dir / RUN_STATE, state)
-                    log.warning("%s %s: DIVERGED at epoch %s (loss %s); run stopped, last "
-                                "good checkpoint kept", stage, track,
-                                state["diverged"]["epoch"], state["diverged"]["loss"])
-                    return _write_metrics(run_dir, profile, state, data)
-            if len(results) > 1:
-                log.info("%s side by side: %s", stage, " | ".join(
-                    f"{track} val_accuracy {result['val_accuracy']:.4f}"
-                    for track, result in results.items()))
-            metrics = _write_metrics(run_dir, profile, state, data)
-            if stage == "stage4" and "acceptance" in metrics:
-                log.info("stage4 acceptance: %s (%s)",
-                         "kept" if metrics["acceptance"]["kept"] else "REJECTED",
-                         metrics["acceptance"]["reason"])
+    running: tuple[str | None, str | None] = (None, None)
+    try:
+        with precision_policy(profile.precision):
+            placement = make_strategy(profile.strategy)
+            for stage in state["stages"]:
+                results = {}
+                for track in stage_tracks(profile, stage):
+                    running = stage, track
+                    results[track] = run_stage(run_dir, profile, state, stage, track, data,
+                                               placement, verbose)
+                    if "diverged" in results[track]:
+                        state["diverged"] = results[track]["diverged"]
+                        write_json(run_dir / RUN_STATE, state)
+                        log.warning("%s %s: DIVERGED at epoch %s (loss %s); run stopped, last "
+                                    "good checkpoint kept", stage, track,
+                                    state["diverged"]["epoch"], state["diverged"]["loss"])
+                        return _write_metrics(run_dir, profile, state, data)
+                if len(results) > 1:
+                    log.info("%s side by side: %s", stage, " | ".join(
+                        f"{track} val_accuracy {result['val_accuracy']:.4f}"
+                        for track, result in results.items()))
+                metrics = _write_metrics(run_dir, profile, state, data)
+                if stage == "stage4" and "acceptance" in metrics:
+                    log.info("stage4 acceptance: %s (%s)",
+                             "kept" if metrics["acceptance"]["kept"] else "REJECTED",
+                             metrics["acceptance"]["reason"])
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, Interrupted):
+            raise
+        raise Interrupted(run_dir, *running, _epochs_checkpointed(run_dir, *running)) from None
     return _write_metrics(run_dir, profile, state, data)
+
+
+def _epochs_checkpointed(run_dir: Path, stage: str | None, track: str | None) -> int:
+    """Epochs of ``stage`` whose checkpoint is published (0 when none, or unreadable)."""
+    return next((epoch for begun, model, epoch in RunLayout(run_dir).checkpointed()
+                 if (begun, model) == (stage, track)), 0)
 
 
 def _check_predecessors(run_dir: Path, profile: Profile, state: dict) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from lhc._io import atomic_path, write_json
+from lhc._io import atomic_path, ensure_space, write_json
 from lhc.training.callbacks import DivergenceGuard, EarlyStoppingCheckpoint, EpochOrder
 from lhc.training.checkpoints import epoch_folder, load_checkpoint
 from lhc.training.distribute import (
@@ -265,6 +265,8 @@ def _finish(trainer, model, files: StageLayout, profile, data, stage, track, set
     if any(left_out.values()):
         summary["images_left_out_per_epoch"] = left_out
     # The classifier alone, uncompiled: its file holds neither the optimizer nor the inputs.
+    # Space checked first: HDF5 meeting a full disk mid-file can crash the process's exit.
+    ensure_space(files.folder, 2 * sum(weight.nbytes for weight in model.get_weights()))
     with atomic_path(files.final_weights, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
     summary["wall_seconds"] = round(progress["wall_seconds"] + recorder.seconds_since_checkpoint(),

@@ -30,6 +30,7 @@ from typing import Any
 from lhc._io import write_json
 from lhc.training.layout import RunLayout
 from lhc.training.profiles import Profile, load_profile
+from lhc.training.run_lock import run_lock
 from lhc.training.runner import train
 
 __all__ = ["ARMS", "GLOBAL_ARM", "parse_seeds", "sweep", "train_global_arm"]
@@ -83,6 +84,12 @@ def sweep(profile: Profile | str, seeds: str | Iterable[int], arms: Iterable[str
         raise ValueError(f"unknown arm(s) {unknown}; expected some of {list(ARMS)}")
     seeds = parse_seeds(seeds)
     out = Path(out) if out else Path("runs") / f"sweep-{profile.name}"
+    with run_lock(out, "lhc sweep"):  # one writer per sweep folder, as per run folder
+        return _run_arms(profile, arms, seeds, data_path, out, base, verbose)
+
+
+def _run_arms(profile: Profile, arms: list[str], seeds: list[int], data_path, out: Path,
+              base, verbose: int) -> dict[str, Any]:
     if base is None:
         base = out / "base"
         train(profile, data_path, out=base, stages="1-3", verbose=verbose)
