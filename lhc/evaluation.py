@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from lhc.training.arms import ARMS as SWEEP_ARMS
+
 __all__ = [
     "ARMS",
     "PAPER_LITERATURE",
@@ -54,6 +56,8 @@ __all__ = [
     "literature_table",
     "measured_row",
     "metrics_from_probabilities",
+    "peer_figure",
+    "peer_table",
     "parameter_counts",
     "per_class_figure",
     "read_sweep_runs",
@@ -64,12 +68,9 @@ __all__ = [
 
 LOSS_EPSILON = 1e-7  # keras.backend.epsilon(): the clip of probabilities in cross-entropy
 
-# Sweep arm -> (the paper's row name, stage and model whose test accuracy the row reads).
-ARMS: Mapping[str, tuple[str, str, str]] = {
-    "A": ("ResNet34v2", "stage4", "resnet34v2"),
-    "B": ("LHC-Net", "stage4", "lhc_net"),
-    "C": ("LHC-NetC", "lhcc", "lhc_netc"),
-}
+# Sweep arm -> (its row name, stage and model whose test accuracy the row reads).
+ARMS: Mapping[str, tuple[str, str, str]] = {arm: (spec.label, *spec.scored)
+                                             for arm, spec in SWEEP_ARMS.items()}
 # (column, percent, without best), in the paper's order; "best" follows.
 SEED_COLUMNS = (("top40", 40, False), ("top40_without_best", 40, True),
                 ("top25", 25, False), ("top25_without_best", 25, True))
@@ -426,13 +427,145 @@ def seed_table(runs: Iterable[Mapping] | str | os.PathLike) -> list[dict[str, An
     return rows
 
 
+# --- the attention peers under one protocol ---------------------------------------------------
+
+def peer_table(sweep_dir: str | os.PathLike, *, baseline: str = "A", kept_only: bool = False,
+               count_parameters: bool = True, confidence: float = 0.95,
+               resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Every arm of a sweep against set A, seed by seed (issue 18: "does LHC add accuracy?").
+
+    The rows are :func:`lhc.statistics.sweep_table`'s: per arm its seeds' mean with a
+    bootstrap interval, the paper's Top 40% / Top 25% / Best, and against the baseline the mean
+    paired difference with its interval and the sign-flip p-value. Each row adds the arm's
+    ``label``, its ``runs`` and how many the acceptance rule ``kept``.
+
+    By default every finished run counts, whatever the acceptance rule said: the rule is
+    recorded, never enforced, and dropping one arm's runs after the fact would favour it.
+    ``kept_only=True`` compares on the kept runs (the paper's tables), on the seeds every
+    compared pair of arms kept.
+
+    Args:
+        sweep_dir: a folder :func:`lhc.training.sweep` wrote.
+        baseline: the arm the others are compared with.
+        kept_only: only the runs the acceptance rule kept.
+        count_parameters: build each arm's model at the sweep's input size (from its base
+            run's profile) and count its parameters and attention share.
+        confidence, resamples, seed: as :func:`lhc.statistics.sweep_table`.
+
+    Returns:
+        ``{"rows": [...], "accuracies": {arm: {seed: accuracy}}, "table": markdown,
+        "input_size": ..., "profile": ...}``.
+    """
+    from lhc import statistics
+
+    runs = read_sweep_runs(sweep_dir)
+    found = statistics.accuracies_from_runs(runs, kept_only=kept_only)
+    accuracies = {arm: found[arm] for arm in SWEEP_ARMS if arm in found}  # the table's order
+    profile = _sweep_profile(sweep_dir)
+    parameters, shares = {}, {}
+    if count_parameters and profile is not None:
+        from lhc.data import FER2013_CLASSES
+        from lhc.training.registry import build_model
+
+        for arm in accuracies:
+            total, attention = parameter_counts(build_model(SWEEP_ARMS[arm].scored[1], profile,
+                                                            len(FER2013_CLASSES)))
+            parameters[arm], shares[arm] = total, attention / total
+    rows = statistics.sweep_table(accuracies, baseline, parameter_counts=parameters or None,
+                                  attention_share=shares or None, confidence=confidence,
+                                  resamples=resamples, seed=seed,
+                                  paired_on_common_seeds=kept_only)
+    for row in rows:
+        of_arm = [run for run in runs if run["arm"] == row["arm"]]
+        row.update(label=SWEEP_ARMS[row["arm"]].label, runs=len(of_arm),
+                   kept=sum(bool(run["kept"]) for run in of_arm))
+    return {"rows": rows, "accuracies": accuracies, "table": statistics.format_table(rows),
+            "profile": None if profile is None else profile.name,
+            "input_size": None if profile is None else profile.input_size}
+
+
+def _sweep_profile(sweep_dir: str | os.PathLike):
+    """The resolved profile of a sweep's base run, or None when the sweep does not name one."""
+    from lhc.training.layout import RunLayout
+    from lhc.training.profiles import load_profile
+
+    summary = Path(sweep_dir) / "sweep.json"
+    if not summary.exists():
+        return None
+    base = RunLayout(_read_json(summary)["base"])
+    return load_profile(base.profile) if base.profile.exists() else None
+
+
+def peer_figure(result: Mapping[str, Any], title: str | None = None):
+    """Each arm's accuracy per seed, and its paired difference from the baseline.
+
+    Left: one dot per seed, the mean and its bootstrap interval. Right: the mean paired
+    difference from the baseline with its interval, the zero line, and the p-value.
+
+    Args:
+        result: what :func:`peer_table` returned.
+        title: figure title.
+
+    Returns:
+        A matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from lhc.plots import apply_style
+
+    apply_style()
+    rows, accuracies = result["rows"], result["accuracies"]
+    labels = [f"{row['arm']}: {row['label']}" for row in rows]
+    positions = np.arange(len(rows))[::-1]  # the baseline on top
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(rows) + 1.8), sharey=True,
+                                      gridspec_kw={"width_ratios": (3, 2)})
+    for position, row in zip(positions, rows, strict=True):
+        values = 100 * np.array(list(accuracies[row["arm"]].values()))
+        left.scatter(values, np.full(values.size, position), s=18, alpha=0.6, color="0.45",
+                     zorder=2)
+        summary = row["summary"]
+        low, high = summary["mean_interval"] or (summary["mean"], summary["mean"])
+        left.errorbar(100 * summary["mean"], position, xerr=[[100 * (summary["mean"] - low)],
+                                                           [100 * (high - summary["mean"])]],
+                      fmt="D", color="C0", capsize=4, zorder=3)
+        comparison = row.get("comparison")
+        if comparison is not None:
+            low, high = comparison["interval"] or (comparison["mean_difference"],) * 2
+            difference = comparison["mean_difference"]
+            right.errorbar(100 * difference, position,
+                           xerr=[[100 * (difference - low)], [100 * (high - difference)]],
+                           fmt="o", capsize=4,  # coloured only when the interval excludes 0
+                           color="C2" if low > 0 else "C3" if high < 0 else "0.4")
+            right.annotate(f"p = {comparison['p_value']:.3g}", (100 * high, position),
+                           xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+    left.set_yticks(positions, labels)
+    left.set_xlabel("test accuracy (%): seeds (dots), mean and 95% interval")
+    baseline = rows[0]["arm"]
+    right.axvline(0, color="0.3", linewidth=1)
+    right.set_xlabel(f"difference from {baseline} (points), paired by seed")
+    right.margins(x=0.35)
+    fig.suptitle(title or f"Attention modules under one protocol: {len(rows)} arms, "
+                          f"{rows[0]['summary']['n']} seeds each")
+    fig.tight_layout()
+    return fig
+
+
 # --- the literature table ---------------------------------------------------------------------
 
 def parameter_counts(model) -> tuple[int, int]:
-    """(all parameters, parameters of the model's LHC modules)."""
+    """(all parameters, parameters of the model's attention modules).
+
+    The attention modules are the model's :class:`lhc.layers.LHC` layers and its
+    channel-attention peers (:class:`lhc.channel_attention.SqueezeExcitation`,
+    :class:`~lhc.channel_attention.CBAM`, :class:`~lhc.channel_attention.ECA`), e.g. as added
+    by :func:`lhc.models.insert_attention`. For LHC-Net and LHC-NetC that is, as before, the
+    five LHC modules (4,805,444 parameters at 224x224); for a plain backbone it is 0.
+    """
+    from lhc.channel_attention import ATTENTION_LAYERS
     from lhc.layers import LHC
 
-    attention = sum(layer.count_params() for layer in model.layers if isinstance(layer, LHC))
+    modules = (LHC, *ATTENTION_LAYERS)
+    attention = sum(layer.count_params() for layer in model.layers if isinstance(layer, modules))
     return int(model.count_params()), int(attention)
 
 
@@ -449,7 +582,8 @@ def measured_row(name: str, model, accuracy: float, *, tta: str, test_split: str
 
     Args:
         name: the row's model name (e.g. "LHC-Net (smoke)").
-        model: the evaluated ``keras.Model``: its parameters and LHC share are counted.
+        model: the evaluated ``keras.Model``: its parameters and attention share are counted
+            (:func:`parameter_counts`).
         accuracy: in [0, 1].
         tta: the TTA protocol's name, ``"none"`` for no TTA.
         test_split: the split evaluated (:func:`split_label`).

@@ -5,7 +5,9 @@ The backbone is the pre-activation ResNet-34 of the ``image-classifiers`` packag
 code (``REFERENCE.md``). Layer names follow that package, so a local ImageNet weights file
 of its resnet34 layout loads by name (:func:`load_backbone_weights`). LHC-Net adds five
 :class:`lhc.layers.LHC` modules at the paper's positions (figure 1, table in section 3);
-LHC-NetC gates each module's residual sum with a trainable scalar.
+LHC-NetC gates each module's residual sum with a trainable scalar. :func:`insert_lhc` and
+:func:`insert_attention` add LHC or one of its channel-attention peers (SE, CBAM, ECA,
+:mod:`lhc.channel_attention`) after named layers of any functional CNN.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import h5py
 import keras
 import numpy as np
 
+from lhc.channel_attention import CBAM, ECA, SqueezeExcitation
 from lhc.layers import LHC
 
 __all__ = [
+    "ATTENTION_KINDS",
     "HEAD_LAYER_NAMES",
     "LHCBlockSettings",
     "LHCC_GATE_INIT",
@@ -33,6 +37,7 @@ __all__ = [
     "build_resnet34v2",
     "derive_block_settings",
     "freeze_all_but_gates",
+    "insert_attention",
     "insert_lhc",
     "lhc_feature_shapes",
     "load_backbone_weights",
@@ -57,6 +62,10 @@ LHCC_GATE_INIT = (0.0, 0.0, 0.0, -1.0, -0.5)
 VARIANTS = ("lhc", "lhcc")
 MIN_HEAD_DIM = 4
 PAPER_INPUT_SIZE = 224
+# Modules insert_attention adds: LHC (the paper's local heads), LHC with global heads (the
+# comparison arm of section 2.2), SE, CBAM, ECA, or nothing (an unchanged copy, the baseline).
+ATTENTION_KINDS = ("lhc", "lhc_global", "se", "cbam", "eca", "none")
+_CHANNEL_ATTENTION_LAYERS = {"se": SqueezeExcitation, "cbam": CBAM, "eca": ECA}
 
 
 @dataclass(frozen=True)
@@ -526,31 +535,19 @@ def freeze_all_but_gates(model: keras.Model) -> list[str]:
     return gates
 
 
-def insert_lhc(
-    model: keras.Model,
-    after: Sequence[str],
-    settings: Sequence[LHCBlockSettings | Mapping] | str = "derive",
-) -> keras.Model:
-    """Add LHC modules after named layers of a functional CNN (the paper's plug-in use).
+def _module_positions(
+    model: keras.Model, after: Sequence[str], caller: str, module: str
+) -> tuple[list[str], dict[str, tuple[int, int, int]]]:
+    """``after`` as a list, and the ``(H, W, C)`` output of every layer it names.
 
-    The functional graph is rebuilt with fresh layers of the same configuration and the
-    original weights copied in, so the result is independent of ``model``. Every consumer
-    of a named layer's output reads the LHC module's output instead. The modules are named
-    ``lhc_after_<layer name>``.
-
-    Args:
-        model: a functional Keras model (e.g. ``keras.applications.ResNet50V2``).
-        after: names of layers with 4D ``(B, H, W, C)`` outputs.
-        settings: one :class:`LHCBlockSettings` (or dict) per name in ``after``, or
-            ``"derive"``: each module takes the heads of the paper block whose map size
-            ``H*W`` is nearest (at 224x224) and is fitted as in :func:`derive_block_settings`.
-
-    Returns:
-        The new functional ``keras.Model``.
+    Checks that ``model`` is functional and every named layer exists with a static 4D
+    output; ``caller`` and ``module`` name the function and the module in the messages.
     """
     # Sequential and subclassed models have no graph of layer calls to rebuild.
     if isinstance(model, keras.Sequential) or not hasattr(model, "_run_through_graph"):
-        raise ValueError(f"insert_lhc needs a functional Keras model, got {type(model).__name__}")
+        raise ValueError(f"{caller} needs a functional Keras model, got {type(model).__name__}")
+    if isinstance(after, str):
+        raise ValueError(f"after must be a list of layer names, got the string {after!r}")
     after = list(after)
     layer_names = {layer.name for layer in model.layers}
     unknown = [name for name in after if name not in layer_names]
@@ -565,9 +562,56 @@ def insert_lhc(
         shape = tuple(model.get_layer(name).output.shape)
         if len(shape) != 4 or None in shape[1:]:
             raise ValueError(
-                f"layer '{name}' outputs shape {shape}; LHC needs a static (B, H, W, C) map"
+                f"layer '{name}' outputs shape {shape}; {module} needs a static (B, H, W, C) map"
             )
         shapes[name] = shape[1:]
+    return after, shapes
+
+
+def _rebuild_with_modules(
+    model: keras.Model, modules: Mapping[str, keras.layers.Layer]
+) -> keras.Model:
+    """``model``'s graph rebuilt with ``modules[name]`` applied to layer ``name``'s output.
+
+    The layers are fresh copies of the same configuration with the original weights copied
+    in, so the result shares nothing with ``model``; every consumer of a named layer's
+    output reads the module's output instead.
+    """
+
+    def call_with_modules(layer, *args, **kwargs):
+        output = layer(*args, **kwargs)
+        return modules[layer.name](output) if layer.name in modules else output
+
+    new_model = keras.models.clone_model(model, call_function=call_with_modules)
+    for layer in model.layers:
+        if layer.weights:
+            new_model.get_layer(layer.name).set_weights(layer.get_weights())
+    return new_model
+
+
+def insert_lhc(
+    model: keras.Model,
+    after: Sequence[str],
+    settings: Sequence[LHCBlockSettings | Mapping] | str = "derive",
+) -> keras.Model:
+    """Add LHC modules after named layers of a functional CNN (the paper's plug-in use).
+
+    The functional graph is rebuilt with fresh layers of the same configuration and the
+    original weights copied in, so the result is independent of ``model``. Every consumer
+    of a named layer's output reads the LHC module's output instead. The modules are named
+    ``lhc_after_<layer name>``. :func:`insert_attention` does the same for every module kind.
+
+    Args:
+        model: a functional Keras model (e.g. ``keras.applications.ResNet50V2``).
+        after: names of layers with 4D ``(B, H, W, C)`` outputs.
+        settings: one :class:`LHCBlockSettings` (or dict) per name in ``after``, or
+            ``"derive"``: each module takes the heads of the paper block whose map size
+            ``H*W`` is nearest (at 224x224) and is fitted as in :func:`derive_block_settings`.
+
+    Returns:
+        The new functional ``keras.Model``.
+    """
+    after, shapes = _module_positions(model, after, "insert_lhc", "LHC")
     if isinstance(settings, str):
         if settings != "derive":
             raise ValueError(f"settings must be a list of block settings or 'derive', got {settings!r}")
@@ -578,16 +622,97 @@ def insert_lhc(
         name: LHC(**asdict(LHCBlockSettings.from_value(block)), name=f"lhc_after_{name}")
         for name, block in zip(after, settings, strict=True)
     }
+    return _rebuild_with_modules(model, modules)
 
-    def call_with_lhc(layer, *args, **kwargs):
-        output = layer(*args, **kwargs)
-        return modules[layer.name](output) if layer.name in modules else output
 
-    new_model = keras.models.clone_model(model, call_function=call_with_lhc)
-    for layer in model.layers:
-        if layer.weights:
-            new_model.get_layer(layer.name).set_weights(layer.get_weights())
-    return new_model
+def _lhc_block_after(
+    model: keras.Model, name: str, shape: tuple[int, int, int]
+) -> LHCBlockSettings:
+    """LHC settings for a module after layer ``name`` with output ``shape``.
+
+    At a paper position of a ResNet34v2 (name in :data:`LHC_POSITIONS` and the map it has
+    there) the block :func:`build_lhc_net` puts there; elsewhere :func:`insert_lhc`'s
+    derivation.
+    """
+    input_shape = model.input_shape
+    if name in LHC_POSITIONS and isinstance(input_shape, tuple) and len(input_shape) == 4:
+        index = LHC_POSITIONS.index(name)
+        try:
+            paper_shape = lhc_feature_shapes(input_shape[1:])[index]
+        except ValueError:  # an input of no static size is not a ResNet34v2 of build_resnet34v2
+            paper_shape = None
+        if paper_shape == shape:
+            return derive_block_settings(input_shape[1:])[0][index]
+    return _derive_one(shape, _paper_reference(shape), name)[0]
+
+
+def insert_attention(
+    model: keras.Model, kind: str, after: Sequence[str] | None = None, **settings
+) -> keras.Model:
+    """Add one attention module of ``kind`` after each named layer of a functional CNN.
+
+    The comparison of issue #18: LHC and its channel-attention peers plugged in at the same
+    places under one protocol. The graph is rebuilt as in :func:`insert_lhc` (fresh layers,
+    original weights copied in, every consumer of a named layer reads the module's output),
+    so the result is independent of ``model``. The modules are named
+    ``<kind>_after_<layer name>`` (``lhc_after_<layer name>`` as :func:`insert_lhc` names them).
+
+    Kinds (:data:`ATTENTION_KINDS`):
+
+    - ``"lhc"``: :class:`lhc.layers.LHC` with local heads. At the paper's positions of a
+      ResNet34v2 its settings are those :func:`build_lhc_net` uses (the paper's table at
+      224x224); after other layers they are derived as :func:`insert_lhc` derives them.
+    - ``"lhc_global"``: the same with ``head_layout="global"``, the comparison arm of
+      section 2.2 (every head sees the whole map).
+    - ``"se"``, ``"cbam"``, ``"eca"``: :class:`lhc.channel_attention.SqueezeExcitation`,
+      :class:`~lhc.channel_attention.CBAM`, :class:`~lhc.channel_attention.ECA`; they start
+      as the identity by default (``identity_start=True``).
+    - ``"none"``: no module, an unchanged copy of ``model`` (the baseline arm).
+
+    LHC starts as the identity only with ``value_initializer="zeros"``; its default keeps
+    the paper's (and :func:`build_lhc_net`'s) Glorot value kernel. Pass it in ``settings`` to
+    start every kind at the backbone's predictions.
+
+    Args:
+        model: a functional Keras model: ResNet34v2 (:func:`build_resnet34v2`) or any other
+            functional CNN (e.g. ``keras.applications.ResNet50V2``).
+        kind: one of :data:`ATTENTION_KINDS`.
+        after: names of layers with static 4D ``(B, H, W, C)`` outputs; ``None`` means
+            :data:`LHC_POSITIONS`, the five LHC positions of ResNet34v2 (paper figure 1).
+        **settings: passed to every module's constructor, e.g. ``reduction=8`` (SE, CBAM),
+            ``kernel_size=5`` (ECA), ``identity_start=False``; for the LHC kinds any
+            :class:`lhc.layers.LHC` argument (``num_heads``, ``head_dim``, ...,
+            ``value_initializer``), overriding the derived block settings. ``head_layout``
+            is chosen by ``kind``, ``name`` by the position.
+
+    Returns:
+        The new functional ``keras.Model``.
+
+    Raises:
+        ValueError: an unknown kind, a missing layer or one without a static 4D output, a
+            non-functional model, ``head_layout`` or ``name`` in ``settings``, or settings
+            a module rejects.
+    """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"unknown attention kind {kind!r}; allowed kinds: {list(ATTENTION_KINDS)}")
+    for fixed in ("name", "head_layout"):
+        if fixed in settings:
+            how = "by the position" if fixed == "name" else "by kind: 'lhc' (bands) or 'lhc_global'"
+            raise ValueError(f"insert_attention sets '{fixed}' itself ({how}); remove it from settings")
+    after, shapes = _module_positions(
+        model, LHC_POSITIONS if after is None else after, "insert_attention", f"the '{kind}' module"
+    )
+    modules = {}
+    positions = [] if kind == "none" else after  # "none": the rebuilt copy alone
+    for name in positions:
+        module_name = f"{kind}_after_{name}"
+        if kind in ("lhc", "lhc_global"):
+            block = asdict(_lhc_block_after(model, name, shapes[name]))
+            head_layout = "bands" if kind == "lhc" else "global"
+            modules[name] = LHC(**{**block, **settings}, head_layout=head_layout, name=module_name)
+        else:
+            modules[name] = _CHANNEL_ATTENTION_LAYERS[kind](**settings, name=module_name)
+    return _rebuild_with_modules(model, modules)
 
 
 def _paper_reference(shape: tuple[int, int, int]) -> LHCBlockSettings:

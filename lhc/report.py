@@ -40,11 +40,13 @@ FIGURE_SECTIONS = (
     ("evaluate_", "Evaluation"),
     ("ablation_", "Ablations"),
     ("heads_", "Head correlation"),
+    ("attention_peers", "Attention peers under one protocol"),
     ("attention_", "Attention maps"),
     ("dynamic_scaling_", "Dynamic scaling"),
     ("efficiency_", "Efficiency of local against global heads"),
 )
 OTHER_FIGURES = "Other figures"
+PEERS_FILE = "attention_peers.json"  # notebook 09's table of a sweep
 REPORT_NOTEBOOK = "08_report"  # its own outputs are the summary of a report, not results
 # A PNG's width and height are the first two fields of its IHDR chunk (bytes 16-24).
 _PNG_SIZE = struct.Struct(">II")
@@ -163,6 +165,13 @@ def _sections(run_dir: Path, figures: list[str]) -> list[tuple[str, str]]:
     evaluation = _read_json(run_dir / "evaluation.json")
     if evaluation is not None:
         sections["Evaluation"] = _evaluation_section(evaluation)
+    peers = _read_json(run_dir / PEERS_FILE)
+    if peers is not None:
+        sections["Attention peers under one protocol"] = (
+            f"<p>Sweep <code>{html.escape(str(peers['sweep_dir']))}</code>: every arm is stage 4 "
+            "from one backbone on the same seeds; differences are paired by seed, with 95% "
+            "bootstrap intervals and sign-flip p-values (notebook 09).</p>"
+            + _table(_markdown_rows(peers["table"])))
     # A section's figures follow its tables; analysis sections hold only figures.
     for title, names in _figures_by_section(figures).items():
         sections[title] = sections.get(title, "") + "".join(
@@ -415,6 +424,13 @@ def _cell(value: Any) -> str:
     text = _format(value)
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     return f"<td class='num'>{text}</td>" if numeric or _NUMBER.match(text) else f"<td>{text}</td>"
+
+
+def _markdown_rows(text: str) -> list[dict]:
+    """A Markdown table's rows (header row, separator row, body rows) as records."""
+    lines = [line.strip().strip("|").split("|") for line in text.strip().splitlines()]
+    header = [cell.strip() for cell in lines[0]]
+    return [dict(zip(header, (cell.strip() for cell in line), strict=True)) for line in lines[2:]]
 
 
 def _key_values(values: dict) -> str:

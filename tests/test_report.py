@@ -162,6 +162,22 @@ def test_report_states_profile_data_training_evaluation(tmp_path):
     assert "Seed table" not in text
     assert "confusion matrix 3 1 0 4" in text and "Angry 0.7500 1.0000" in text
 
+def test_attention_peers_table_of_notebook_09(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    table = ("| Arm | Seeds | Mean [95% CI] | Diff. vs A [95% CI] | p |\n|---|---|---|---|---|\n"
+             "| A | 8 | 66.10 [65.80, 66.40] | - | - |\n"
+             "| B | 8 | 66.50 [66.20, 66.80] | +0.40 [+0.10, +0.70] | 0.016 (exact) |")
+    (run_dir / "attention_peers.json").write_text(json.dumps({"sweep_dir": "runs/sweep-cpu",
+                                                              "table": table, "rows": []}))
+    report = build_report(run_dir, tmp_path / "report")
+    text = text_of(report.html_path.read_text())
+
+    assert "Attention peers under one protocol" in report.sections
+    assert "Sweep runs/sweep-cpu : every arm is stage 4 from one backbone on the same seeds" in text
+    assert ("Arm Seeds Mean [95% CI] Diff. vs A [95% CI] p A 8 66.10 [65.80, 66.40] - - "
+            "B 8 66.50 [66.20, 66.80] +0.40 [+0.10, +0.70] 0.016 (exact)") in text
+
+
 def test_environment_is_the_recorded_one_when_lhc_run_recorded_it(tmp_path):
     run_dir = make_run(tmp_path / "run")
     environment = {"python": "3.11.0", "packages": {"tensorflow": "9.9.9"}, "platform": "TestOS",

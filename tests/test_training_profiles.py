@@ -171,7 +171,8 @@ def test_missing_key_names_file_line_and_key(tmp_path):
     ("augmentation: stage1", "augmentation: stage9", "stages.stage1.augmentation", "expected one"),
     ("augmentation: stage1", "augmentation: {rotation_degrees: 400}",
      "stages.stage1.augmentation", "rotation_degrees"),
-    ("stage4: {model: lhc_net", "stage4: {model: lhc_netc", "stages.stage4.model", "['lhc_net', 'resnet34v2', 'lhc_net_global']"),
+    ("stage4: {model: lhc_net", "stage4: {model: lhc_netc", "stages.stage4.model",
+     "['lhc_net', 'resnet34v2', 'lhc_net_global', 'se_net', 'cbam_net', 'eca_net']"),
     ("input_size: 48", "input_size: 16", "input_size", "integer >= 32"),
     ("carve_test: null", "carve_test: 1.5", "data.carve_test", "fraction in (0, 1)"),
 ])

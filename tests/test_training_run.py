@@ -175,14 +175,50 @@ def test_divergence_guard_stops_and_records(smoke_run, tmp_path):
 def test_sweep_writes_a_metrics_file_per_run(smoke_run, tmp_path):
     run_dir, _ = smoke_run
     out = tmp_path / "sweep"
-    summary = sweep("smoke", seeds="1", arms=["A"], base=run_dir, out=out, verbose=0)
-    record = json.loads((out / "metrics" / "A_seed1.json").read_text())
-    assert (record["arm"], record["seed"], record["status"]) == ("A", 1, "complete")
-    assert list(record["stages"]["stage4"]) == ["resnet34v2"]
-    assert record["stages"]["stage3"]["resnet34v2"]["folder"].startswith(str(run_dir))
-    assert "kept" in record["acceptance"]
-    assert summary["runs"]["A_seed1"]["status"] == "complete"
+    summary = sweep("smoke", seeds="1", arms=["A", "SE"], base=run_dir, out=out, verbose=0)
+    records = {arm: json.loads((out / "metrics" / f"{arm}_seed1.json").read_text())
+               for arm in ("A", "SE")}
+    for arm, model in (("A", "resnet34v2"), ("SE", "se_net")):
+        record = records[arm]
+        assert (record["arm"], record["seed"], record["status"]) == (arm, 1, "complete")
+        assert list(record["stages"]["stage4"]) == [model]
+        assert record["stages"]["stage3"]["resnet34v2"]["folder"].startswith(str(run_dir))
+        assert "kept" in record["acceptance"]
+        assert summary["runs"][f"{arm}_seed1"]["status"] == "complete"
     assert json.loads((out / "sweep.json").read_text()) == summary
+
+    # The peer table reads both arms back: the SE arm against A on seed 1.
+    from lhc.evaluation import peer_table
+
+    table = peer_table(out)
+    accuracy = {arm: records[arm]["stages"]["stage4"][model]["test_accuracy"]
+                for arm, model in (("A", "resnet34v2"), ("SE", "se_net"))}
+    assert table["accuracies"] == {"A": {1: accuracy["A"]}, "SE": {1: accuracy["SE"]}}
+    (row_a, row_se) = table["rows"]
+    assert (row_a["arm"], row_se["arm"]) == ("A", "SE")
+    assert row_se["comparison"]["mean_difference"] == pytest.approx(accuracy["SE"] - accuracy["A"])
+    # SE adds 2C^2/16 + C/16 + C + 1 per position over the backbone (C of the five maps).
+    channels = (64, 64, 128, 256, 512)
+    assert row_se["parameters"] - row_a["parameters"] == sum(
+        2 * c * (c // 16) + c // 16 + c + 1 for c in channels)
+
+
+def test_peer_arms_start_at_the_backbones_predictions(smoke_run):
+    """SE, CBAM and ECA start as the identity: stage 4 begins at the backbone's accuracy."""
+    from lhc.data.pipeline import preprocess
+    from lhc.training import load_run_data, load_trained_model
+    from lhc.training.artifacts import load_run
+    from lhc.training.stage import initialised_model
+
+    run_dir, _ = smoke_run
+    profile, state = load_run(run_dir)
+    images = preprocess(load_run_data(run_dir).splits["val"].images[:16], profile.input_size)
+    backbone = load_trained_model(run_dir, "stage3", "resnet34v2").predict(images, verbose=0)
+    for model_name in ("se_net", "cbam_net", "eca_net"):
+        model, origin = initialised_model(run_dir, profile, state, "stage4", model_name, 7)
+        assert "copied by layer name" in origin
+        np.testing.assert_allclose(model.predict(images, verbose=0), backbone, atol=1e-6,
+                                   err_msg=model_name)
 
 
 def test_standalone_trains_both_models_side_by_side(tmp_path):

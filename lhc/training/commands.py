@@ -59,11 +59,15 @@ def add_cli(subparsers) -> None:
     train.set_defaults(func=_cmd_train, parser=train)
 
     sweep = subparsers.add_parser(
-        "sweep", help="the paper's seed sets A/B/C: stage 4 per arm and seed",
-        description="Run stage 4 (and LHC-NetC for arm C) once per arm and seed.")
+        "sweep", help="the paper's seed sets A/B/C and the attention peers: stage 4 per arm "
+                      "and seed",
+        description="Run stage 4 (and LHC-NetC for arm C) once per arm and seed, every arm on "
+                    "the same seeds from one backbone.")
     sweep.add_argument("--profile", required=True)
     sweep.add_argument("--seeds", required=True, help="e.g. 1-10 or 1,3,7")
-    sweep.add_argument("--arms", default="A,B", help="some of A, B, C (default A,B)")
+    sweep.add_argument("--arms", default="A,B",
+                       help="some of A (no attention), B (LHC-Net), C (B then LHC-NetC), GLOBAL "
+                            "(LHC with global heads), SE, CBAM, ECA (default A,B)")
     sweep.add_argument("--data")
     sweep.add_argument("--out", help="sweep folder (default runs/sweep-<profile>)")
     sweep.add_argument("--base", help="run directory with stages 1-3 done (default: train one)")
@@ -141,4 +145,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     for key, run in summary["runs"].items():
         kept = run["acceptance"]["kept"] if run["acceptance"] else None
         print(f"{key}: {run['status']}, kept by the acceptance rule: {kept}")
+    if "A" in summary["arms"]:
+        from lhc.evaluation import peer_table
+
+        # Every arm against A, paired by seed (lhc.statistics), over all finished runs.
+        print(peer_table(summary["folder"])["table"])
     return 0

@@ -46,13 +46,15 @@ __all__ = [
 ]
 
 STAGES = ("stage1", "stage2", "stage3", "stage4", "lhcc")
-# The model registry's names (lhc.training.registry): resnet34v2, lhc_net, lhc_netc and
-# lhc_net_global (full-map heads, the head-correlation comparison arm of section 2.2).
+# The model registry's names (lhc.training.registry): resnet34v2, lhc_net, lhc_netc,
+# lhc_net_global (full-map heads, the head-correlation comparison arm of section 2.2) and the
+# channel-attention peers se_net, cbam_net, eca_net.
 MODELS = tuple(MODEL_BUILDERS)
 # Which models each stage may train (section docstring).
 STAGE_MODELS = {
     "stage1": ("resnet34v2",), "stage2": ("resnet34v2",), "stage3": ("resnet34v2",),
-    "stage4": ("lhc_net", "resnet34v2", "lhc_net_global"), "lhcc": ("lhc_netc",),
+    "stage4": ("lhc_net", "resnet34v2", "lhc_net_global", "se_net", "cbam_net", "eca_net"),
+    "lhcc": ("lhc_netc",),
 }
 MODES = ("modular", "standalone")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
@@ -83,8 +85,8 @@ class StageSettings:
     """One training stage (paper section 3, "Stage1".."Stage 4").
 
     Attributes:
-        model: ``resnet34v2``, ``lhc_net``, ``lhc_netc`` or ``lhc_net_global`` (allowed values
-            depend on the stage).
+        model: ``resnet34v2``, ``lhc_net``, ``lhc_netc``, ``lhc_net_global``, ``se_net``,
+            ``cbam_net`` or ``eca_net`` (allowed values depend on the stage).
         optimizer: ``adam`` or ``sgd`` (Keras defaults otherwise: no momentum, as the paper's).
         learning_rate: constant learning rate.
         batch_size: global batch size (split over replicas under a distribution strategy).

@@ -35,12 +35,28 @@ def _lhc_net(variant: str, head_layout: str) -> Callable[[Profile, int], keras.M
     return build
 
 
+def _resnet34v2_with(kind: str) -> Callable[[Profile, int], keras.Model]:
+    """ResNet34v2 with a peer attention module after each of the paper's five LHC positions
+    (:func:`lhc.models.insert_attention`), each starting as the identity."""
+    def build(profile: Profile, num_classes: int) -> keras.Model:
+        from lhc.models import build_resnet34v2, insert_attention
+
+        backbone = build_resnet34v2(profile.input_size_shape, num_classes)
+        return insert_attention(backbone, kind)
+
+    return build
+
+
 MODEL_BUILDERS: dict[str, Callable[[Profile, int], keras.Model]] = {
     "resnet34v2": _resnet34v2,
     "lhc_net": _lhc_net("lhc", "bands"),
     "lhc_netc": _lhc_net("lhcc", "bands"),
     # LHC-Net with full-map heads: the head-correlation comparison arm (paper section 2.2).
     "lhc_net_global": _lhc_net("lhc", "global"),
+    # Channel-attention peers under the same protocol (issue 18): SE, CBAM, ECA.
+    "se_net": _resnet34v2_with("se"),
+    "cbam_net": _resnet34v2_with("cbam"),
+    "eca_net": _resnet34v2_with("eca"),
 }
 
 

@@ -1,14 +1,19 @@
-"""Seed sweeps: the paper's sets A, B and C (section 3, "Stage 4") as runs of stage 4.
+"""Seed sweeps: the paper's sets A, B and C (section 3, "Stage 4") and the attention peers, as
+runs of stage 4 under one protocol.
 
 All runs of a sweep start from one trained backbone (stages 1-3, the "base" run) and vary
 the run's seed, which draws the data order, the augmentation, the dropout masks and the new
-LHC modules' initial weights (the paper's "data generator seed"):
+modules' initial weights (the paper's "data generator seed"). Every arm runs the same seeds,
+so arms compare seed by seed (:mod:`lhc.statistics`):
 
-- arm ``A``: stage 4 without LHC modules (ResNet34v2 trained on with stage 4's settings);
-- arm ``B``: stage 4 with LHC-Net (the profile's block settings);
-- arm ``C``: arm B followed by the LHC-NetC stage, for the paper's LHC-NetC row.
+- ``A``: stage 4 without attention modules (ResNet34v2 trained on with stage 4's settings);
+- ``B``: stage 4 with LHC-Net (the profile's block settings);
+- ``C``: arm B followed by the LHC-NetC stage, for the paper's LHC-NetC row;
+- ``GLOBAL``: LHC-Net with full-map heads (the section-2.2 global-heads arm);
+- ``SE``, ``CBAM``, ``ECA``: ResNet34v2 with that channel-attention module at LHC's five
+  positions (:func:`lhc.models.insert_attention`), each starting as the identity as LHC does.
 
-The paper's set B varied the block settings at a fixed seed; here B and C both vary the seed,
+The paper's set B varied the block settings at a fixed seed; here every arm varies the seed,
 and other settings are other profiles. Layout of a sweep folder::
 
     <out>/base/                    the base run (stages 1-3), unless ``base`` names one
@@ -28,18 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from lhc._io import write_json
+from lhc.training.arms import ARMS, Arm
 from lhc.training.layout import RunLayout
 from lhc.training.profiles import Profile, load_profile
 from lhc.training.run_lock import run_lock
 from lhc.training.runner import train
 
-__all__ = ["ARMS", "GLOBAL_ARM", "parse_seeds", "sweep", "train_global_arm"]
+__all__ = ["ARMS", "GLOBAL_ARM", "Arm", "parse_seeds", "sweep", "train_global_arm"]
 
 log = logging.getLogger(__name__)
-
-# arm -> (stage 4's model, stages run from the base)
-ARMS = {"A": ("resnet34v2", "4"), "B": ("lhc_net", "4"), "C": ("lhc_net", "4,C")}
-
 
 def parse_seeds(spec: str | Iterable[int]) -> list[int]:
     """Seeds from ``"1-10"``, ``"1,3,7"``, ``"1-3,8"`` or an iterable of ints."""
@@ -63,7 +65,7 @@ def sweep(profile: Profile | str, seeds: str | Iterable[int], arms: Iterable[str
     Args:
         profile: a modular :class:`Profile`, a shipped profile's name or a YAML path.
         seeds: the seeds (:func:`parse_seeds`).
-        arms: some of ``A``, ``B``, ``C`` (module docstring).
+        arms: some of :data:`ARMS` (module docstring), e.g. ``A, B, SE, CBAM, ECA``.
         data_path: FER2013 source; None for the profile's synthetic data.
         out: the sweep folder; default ``runs/sweep-<profile name>``.
         base: a run directory whose stages 1-3 are done; default: train them in
@@ -99,18 +101,17 @@ def _run_arms(profile: Profile, arms: list[str], seeds: list[int], data_path, ou
                          "base run must have done stages 1-3")
     runs = {}
     for arm in arms:
-        model, stages = ARMS[arm]
-        arm_profile = profile.replace_stage("stage4", model=model)
+        arm_profile = profile.replace_stage("stage4", model=ARMS[arm].model)
         for seed in seeds:
             key = f"{arm}_seed{seed}"
             log.info("sweep %s: arm %s, seed %s", out, arm, seed)
             metrics = train(arm_profile, data_path, out=out / "runs" / key, seed=seed,
-                            stages=stages, start_from=base, verbose=verbose)
+                            stages=ARMS[arm].stages, start_from=base, verbose=verbose)
             write_json(out / "metrics" / f"{key}.json", {"arm": arm, "seed": seed, **metrics})
             runs[key] = {"arm": arm, "seed": seed, "status": metrics["status"],
                          "acceptance": metrics.get("acceptance")}
-    summary = {"profile": profile.name, "base": str(base), "arms": arms, "seeds": seeds,
-               "runs": runs}
+    summary = {"profile": profile.name, "folder": str(out), "base": str(base), "arms": arms,
+               "seeds": seeds, "runs": runs}
     write_json(out / "sweep.json", summary)
     return summary
 
