@@ -125,6 +125,23 @@ class _ResidualRefinement(keras.layers.Layer):
             )
         return hidden
 
+    def _add_channel_mlp(self, channels):
+        """SE's excitation MLP, which CBAM's channel attention shares: C -> C/r -> C, biases."""
+        hidden = self._hidden_units(channels, self.reduction)
+        self.reduce_kernel = self.add_weight(
+            name="reduce_kernel", shape=(channels, hidden), initializer="glorot_uniform"
+        )
+        self.reduce_bias = self.add_weight(name="reduce_bias", shape=(hidden,), initializer="zeros")
+        self.expand_kernel = self.add_weight(
+            name="expand_kernel", shape=(hidden, channels), initializer="glorot_uniform"
+        )
+        self.expand_bias = self.add_weight(name="expand_bias", shape=(channels,), initializer="zeros")
+
+    def _channel_mlp(self, descriptors):
+        """The MLP on pooled descriptors ``(..., C)``: ``W1 relu(W0 z + b0) + b1`` (..., C)."""
+        hidden = ops.relu(ops.matmul(descriptors, self.reduce_kernel) + self.reduce_bias)
+        return ops.matmul(hidden, self.expand_kernel) + self.expand_bias
+
     def _add_residual_scale(self):
         self.residual_scale = self.add_weight(
             name="residual_scale",
@@ -190,23 +207,12 @@ class SqueezeExcitation(_ResidualRefinement):
 
     def build(self, input_shape):
         channels = self._channels(input_shape)
-        hidden = self._hidden_units(channels, self.reduction)
-        self.reduce_kernel = self.add_weight(
-            name="reduce_kernel", shape=(channels, hidden), initializer="glorot_uniform"
-        )
-        self.reduce_bias = self.add_weight(name="reduce_bias", shape=(hidden,), initializer="zeros")
-        self.expand_kernel = self.add_weight(
-            name="expand_kernel", shape=(hidden, channels), initializer="glorot_uniform"
-        )
-        self.expand_bias = self.add_weight(name="expand_bias", shape=(channels,), initializer="zeros")
+        self._add_channel_mlp(channels)
         self._add_residual_scale()
 
     def call(self, inputs):
         squeezed = ops.mean(inputs, axis=(1, 2))  # (B, C), eq. 2
-        hidden = ops.relu(ops.matmul(squeezed, self.reduce_kernel) + self.reduce_bias)  # (B, C')
-        excitation = ops.sigmoid(
-            ops.matmul(hidden, self.expand_kernel) + self.expand_bias
-        )  # (B, C), eq. 3
+        excitation = ops.sigmoid(self._channel_mlp(squeezed))  # (B, C), eq. 3
         return self._blend_channel_weights(inputs, excitation)  # eq. 4, blended
 
     def get_config(self):
@@ -262,15 +268,7 @@ class CBAM(_ResidualRefinement):
 
     def build(self, input_shape):
         channels = self._channels(input_shape)
-        hidden = self._hidden_units(channels, self.reduction)
-        self.reduce_kernel = self.add_weight(
-            name="reduce_kernel", shape=(channels, hidden), initializer="glorot_uniform"
-        )
-        self.reduce_bias = self.add_weight(name="reduce_bias", shape=(hidden,), initializer="zeros")
-        self.expand_kernel = self.add_weight(
-            name="expand_kernel", shape=(hidden, channels), initializer="glorot_uniform"
-        )
-        self.expand_bias = self.add_weight(name="expand_bias", shape=(channels,), initializer="zeros")
+        self._add_channel_mlp(channels)
         size = self.spatial_kernel_size
         self.spatial_kernel = self.add_weight(
             name="spatial_kernel", shape=(size, size, 2, 1), initializer="glorot_uniform"
@@ -283,8 +281,7 @@ class CBAM(_ResidualRefinement):
         descriptors = ops.stack(
             [ops.mean(inputs, axis=(1, 2)), ops.max(inputs, axis=(1, 2))], axis=1
         )  # (B, 2, C): average- and max-pooled
-        hidden = ops.relu(ops.matmul(descriptors, self.reduce_kernel) + self.reduce_bias)  # (B, 2, C')
-        mlp_outputs = ops.matmul(hidden, self.expand_kernel) + self.expand_bias  # (B, 2, C)
+        mlp_outputs = self._channel_mlp(descriptors)  # (B, 2, C)
         channel_weights = ops.sigmoid(ops.sum(mlp_outputs, axis=1))  # (B, C), eq. 2
         channel_refined = inputs * channel_weights[:, None, None, :]  # (B, H, W, C), F' of eq. 1
 

@@ -39,6 +39,107 @@ def smoke_training(tmp_path_factory):
         return run_dir, train("smoke", out=run_dir, verbose=0)
 
 
+# The photo tests (test_predict, test_faults): scikit-image's astronaut (Eileen Collins, one
+# frontal face) and a small classifier; 64, not 48, so that the pipeline's resize does real work.
+PHOTO_MODEL_INPUT_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from skimage import data as skimage_data  # a test dependency
+
+    return skimage_data.astronaut()  # RGB uint8 (512, 512, 3)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A small seeded classifier of 64x64x3 images in [0, 255], saved as .keras."""
+    import keras
+
+    from lhc.data import FER2013_CLASSES
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([
+        keras.Input((PHOTO_MODEL_INPUT_SIZE, PHOTO_MODEL_INPUT_SIZE, 3)),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(8, 5, strides=2, activation="tanh"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(len(FER2013_CLASSES), activation="softmax"),
+    ])
+    path = tmp_path_factory.mktemp("model") / "small.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(model_file):
+    from lhc.predict import Predictor
+
+    return Predictor(model_file)
+
+
+def skin_mask(rgb):
+    """Skin-coloured pixels, the uniform-daylight rule of Peer et al. (2003)."""
+    red, green, blue = (rgb[..., channel].astype(int) for channel in range(3))
+    spread = rgb.max(axis=-1).astype(int) - rgb.min(axis=-1)
+    return ((red > 95) & (green > 40) & (blue > 20) & (spread > 15)
+            & (abs(red - green) > 15) & (red > green) & (red > blue))
+
+
+def h5_arrays(path: Path) -> dict:
+    """Every dataset of an h5 file (weights, checkpoints) by its path, as numpy arrays."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()])
+                          if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
+    """A python3 notebook with a ``parameters`` cell and the given code cells."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(
+        cells=[new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+               *(new_code_cell(source) for source in cells)],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, path)
+    return path
+
+
+def randomise_batch_norms(model, seed=0):
+    """Non-trivial BatchNorm statistics, so that a missed weight shows in the outputs.
+
+    ResNet34v2's first BatchNorm (``bn_data``) normalises raw [0, 255] pixels, so its
+    statistics are drawn at that scale.
+    """
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            values = []
+            for weight in layer.weights:
+                shape = tuple(weight.shape)
+                if weight.name == "moving_mean":
+                    values.append(rng.uniform(100, 150, shape) if layer.name == "bn_data"
+                                  else rng.uniform(-0.2, 0.2, shape))
+                elif weight.name == "moving_variance":
+                    values.append(rng.uniform(3000, 5000, shape) if layer.name == "bn_data"
+                                  else rng.uniform(0.5, 1.5, shape))
+                elif weight.name == "gamma":
+                    values.append(rng.uniform(0.5, 1.5, shape))
+                else:
+                    values.append(rng.uniform(-0.2, 0.2, shape))
+            layer.set_weights(values)
+
+
 def tiny_profile(name: str = "tiny"):
     """The smoke profile shrunk to 80 images at 32x32 (64 training, 8 validation, 8 test), stage
     1 in batches of 16, so that every batch splits evenly over two devices.

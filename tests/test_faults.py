@@ -38,17 +38,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2
 import h5py
-import keras
 import numpy as np
 import pytest
-from conftest import tiny_profile
+from conftest import h5_arrays, skin_mask, tiny_profile, write_notebook
 from PIL import Image
-from skimage import data as skimage_data
 
 from lhc._io import DiskFull, file_digest, write_json
 from lhc.cli import main
-from lhc.data import FER2013_CLASSES
-from lhc.predict import Predictor, detect_faces, to_grey
+from lhc.predict import detect_faces, to_grey
 from lhc.training import load_profile, resume, train
 from lhc.training.run_lock import LOCK_FILE, RunLocked
 from lhc.workbench import SequenceInterrupted, run_sequence
@@ -103,14 +100,6 @@ def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, epoch: int,
     process.kill()
     _, stderr = process.communicate()
     pytest.fail(f"no checkpoint of epoch {epoch} in {run_dir}: {stderr[-2000:]}")
-
-
-def h5_arrays(path: Path) -> dict[str, np.ndarray]:
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()])
-                          if isinstance(item, h5py.Dataset) else None)
-    return arrays
 
 
 def history_rows(run_dir: Path) -> list[list[str]]:
@@ -228,20 +217,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-def write_notebook(path: Path, *cells: str) -> Path:
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
-
-    notebook = new_notebook(
-        cells=[new_code_cell('run_dir = "runs/x"', metadata={"tags": ["parameters"]}),
-               *(new_code_cell(source) for source in cells)],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, path)
-    return path
-
-
 def printed(notebook: Path) -> str:
     cells = json.loads(notebook.read_text())["cells"]
     return "".join("".join(output["text"]) for cell in cells for output in cell.get("outputs", [])
@@ -252,7 +227,7 @@ def test_a_rerun_keeps_the_interrupted_notebook_beside_the_new_one(tmp_path):
     """The interrupt reaches the sequence as Ctrl-C reaches ``lhc run``: SIGINT to the process
     that runs papermill (the kernel sends it to its parent, then waits to be stopped)."""
     notebooks = tmp_path / "notebooks"
-    write_notebook(notebooks / "01_slow.ipynb", "print('first part')",
+    write_notebook(notebooks / "01_slow.ipynb", 'run_dir = "runs/x"', "print('first part')",
                    "import os, signal, time\nos.kill(os.getppid(), signal.SIGINT)\n"
                    "time.sleep(120)\nprint('never reached')")
     run_dir = tmp_path / "run"
@@ -265,7 +240,7 @@ def test_a_rerun_keeps_the_interrupted_notebook_beside_the_new_one(tmp_path):
     partial = output.read_bytes()
     assert printed(output) == "first part\n"  # the cell after it was stopped in its sleep
 
-    write_notebook(notebooks / "01_slow.ipynb", "print('second run')")
+    write_notebook(notebooks / "01_slow.ipynb", 'run_dir = "runs/x"', "print('second run')")
     lines: list[str] = []
     run_sequence("smoke", out=run_dir, notebooks_dir=notebooks, log=lines.append)
     kept = run_dir / "notebooks/01_slow.interrupted-1.ipynb"
@@ -507,16 +482,10 @@ def test_resume_of_a_missing_or_empty_folder_speaks_cli(tmp_path, capsys, exists
 
 # --- the CLI's rough edges ---------------------------------------------------------------
 
-INPUT_SIZE = 64
 HUGE = 8000  # the side of the photos of the issue
 ANNOTATED_MAX_SIDE = 2048  # the cap the issue asks for on an annotated picture
 PANEL_WIDTH = 260  # the probability panel lhc.predict draws beside the picture
 BOX_COLOUR = (0, 158, 115)  # RGB of the boxes lhc.predict draws
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    return skimage_data.astronaut()  # RGB uint8 (512, 512, 3)
 
 
 @pytest.fixture(scope="module")
@@ -530,35 +499,6 @@ def astronaut_face(astronaut):
 def huge_astronaut(astronaut):
     """The astronaut enlarged 15.625 times to 8000x8000 (bilinear), as a huge photo."""
     return cv2.resize(astronaut, (HUGE, HUGE), interpolation=cv2.INTER_LINEAR)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    """A small seeded classifier of 64x64x3 images in [0, 255], saved as .keras."""
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential([
-        keras.Input((INPUT_SIZE, INPUT_SIZE, 3)),
-        keras.layers.Rescaling(1 / 255),
-        keras.layers.Conv2D(8, 5, strides=2, activation="tanh"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(len(FER2013_CLASSES), activation="softmax"),
-    ])
-    path = tmp_path_factory.mktemp("model") / "small.keras"
-    model.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def predictor(model_file):
-    return Predictor(model_file)
-
-
-def skin_mask(rgb):
-    """Skin-coloured pixels, the uniform-daylight rule of Peer et al. (2003)."""
-    red, green, blue = (rgb[..., channel].astype(int) for channel in range(3))
-    spread = rgb.max(axis=-1).astype(int) - rgb.min(axis=-1)
-    return ((red > 95) & (green > 40) & (blue > 20) & (spread > 15)
-            & (abs(red - green) > 15) & (red > green) & (red > blue))
 
 
 def iou(first, second):

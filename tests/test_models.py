@@ -11,6 +11,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import randomise_batch_norms
 
 from lhc import models
 
@@ -64,27 +65,6 @@ def maps_by_arithmetic(size):
 
 def random_pixels(shape, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, size=shape).astype("float32")
-
-
-def randomise_batch_norms(model, seed=0):
-    """Non-trivial BatchNorm statistics, so that a missed weight shows in the outputs."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            values = []
-            for weight in layer.weights:
-                shape = tuple(weight.shape)
-                if weight.name == "moving_mean":
-                    values.append(rng.uniform(100, 150, shape) if layer.name == "bn_data"
-                                  else rng.uniform(-0.2, 0.2, shape))
-                elif weight.name == "moving_variance":
-                    values.append(rng.uniform(3000, 5000, shape) if layer.name == "bn_data"
-                                  else rng.uniform(0.5, 1.5, shape))
-                elif weight.name == "gamma":
-                    values.append(rng.uniform(0.5, 1.5, shape))
-                else:
-                    values.append(rng.uniform(-0.2, 0.2, shape))
-            layer.set_weights(values)
 
 
 def features_and_predictions(model):

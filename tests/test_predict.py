@@ -18,6 +18,8 @@ import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import PHOTO_MODEL_INPUT_SIZE as INPUT_SIZE  # noqa: E402
+from conftest import skin_mask
 
 from lhc.data import FER2013_CLASSES  # noqa: E402
 from lhc.data.pipeline import input_model  # noqa: E402
@@ -30,44 +32,6 @@ from lhc.predict import (  # noqa: E402
     to_grey,
 )
 from lhc.predict_cli import add_cli  # noqa: E402
-
-skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (a test dependency)")
-
-INPUT_SIZE = 64  # not 48, so that the pipeline's resize does real work
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    return skimage_data.astronaut()  # RGB uint8 (512, 512, 3)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    """A small seeded classifier of 64x64x3 images in [0, 255], saved as .keras."""
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential([
-        keras.Input((INPUT_SIZE, INPUT_SIZE, 3)),
-        keras.layers.Rescaling(1 / 255),
-        keras.layers.Conv2D(8, 5, strides=2, activation="tanh"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(len(FER2013_CLASSES), activation="softmax"),
-    ])
-    path = tmp_path_factory.mktemp("model") / "small.keras"
-    model.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def predictor(model_file):
-    return Predictor(model_file)
-
-
-def skin_mask(rgb):
-    """Skin-coloured pixels, the uniform-daylight rule of Peer et al. (2003)."""
-    red, green, blue = (rgb[..., channel].astype(int) for channel in range(3))
-    spread = rgb.max(axis=-1).astype(int) - rgb.min(axis=-1)
-    return ((red > 95) & (green > 40) & (blue > 20) & (spread > 15)
-            & (abs(red - green) > 15) & (red > green) & (red > blue))
 
 
 def test_detector_finds_the_one_face_of_the_astronaut(astronaut):

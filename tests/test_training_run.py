@@ -19,10 +19,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import h5py
 import numpy as np
 import pytest
-from conftest import kill_after_first_checkpoint, tiny_profile
+from conftest import h5_arrays, kill_after_first_checkpoint, tiny_profile
 
 from lhc.training import add_cli, learning_curves, load_profile, resume, sweep, train
 
@@ -40,14 +39,6 @@ MIRRORED_LOSS_TOLERANCE = 0.05
 @pytest.fixture(scope="module")
 def smoke_run(smoke_training):
     return smoke_training  # conftest.py: trained once per session, shared with test_workbench
-
-
-def h5_arrays(path: Path) -> dict[str, np.ndarray]:
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()])
-                          if isinstance(item, h5py.Dataset) else None)
-    return arrays
 
 
 def csv_history(run_dir: Path, stage: str, model: str) -> list[dict[str, float]]:

@@ -15,10 +15,9 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-import nbformat
 import papermill
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
+from conftest import write_notebook
 
 from lhc.report import FACE_FIGURES
 from lhc.workbench import (
@@ -36,18 +35,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it
 SEQUENCE = [Path(name) for name in ("01_data.ipynb", "02_train_backbone.ipynb", "04_evaluate.ipynb",
                                     "05_ablation.ipynb", "05b_head_correlation.ipynb",
                                     "07_efficiency.ipynb")]
-
-
-def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
-    """A python3 notebook with a ``parameters`` cell and the given code cells."""
-    notebook = new_notebook(
-        cells=[new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-               *(new_code_cell(source) for source in cells)],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, path)
-    return path
 
 
 def stdout_of(notebook: Path) -> str:
