@@ -28,7 +28,7 @@ notebooks: $(STAMP)
 	$(PY) -c "from lhc.workbench import refresh_outputs; refresh_outputs()"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lhc tests benchmarks
+	$(VENV)/bin/ruff check lhc tests benchmarks gpu
 
 # --durations: the slowest tests, so that a slower machine's drift towards CI's limit shows.
 test: lint
@@ -51,3 +51,10 @@ lab: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# The GPU run's kit (issue 17): the Keras wheels the GPU machine lacks and the real FER2013 as a
+# data pack, in .gpu-kit/ (gpu/make_kit.py; fails when the kit and the tree exceed 60 MiB).
+# On the GPU machine: bash gpu/run.sh, carrying .gpu-kit (README, "The GPU run (issue 17)").
+.PHONY: gpu-kit
+gpu-kit: $(STAMP)
+	$(PY) gpu/make_kit.py

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import re
@@ -314,6 +315,9 @@ def _run_locked(run_dir: Path, selected: list[Path], declared: dict, candidates:
             if interrupted:
                 # Before the lock goes: a kernel left running would go on writing the run.
                 _stop_kernels()
+                # nbclient's pending task then fails with DeadKernelError, which asyncio would
+                # report at exit ("Task exception was never retrieved"): expected, not news.
+                logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             manifest["status"] = record["status"] = "interrupted" if interrupted else "failed"
             record["seconds"] = round(time.perf_counter() - notebook_start, 1)
             save(record)
