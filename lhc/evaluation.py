@@ -37,7 +37,6 @@ Definitions:
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from lhc.statistics import top_share_run_count
 from lhc.training.arms import ARMS as SWEEP_ARMS
 
 __all__ = [
@@ -325,10 +325,8 @@ def top_share_mean(accuracies: Iterable[float], percent: float,
     Returns:
         The mean; None when no run is left (no runs, or one run with ``without_best``).
     """
-    if not 0 < percent <= 100:
-        raise ValueError(f"percent: expected a share in (0, 100], got {percent!r}")
     ranked = sorted(accuracies, reverse=True)
-    chosen = ranked[:math.ceil(percent * len(ranked) / 100)]
+    chosen = ranked[:top_share_run_count(len(ranked), percent)]
     if without_best:
         chosen = chosen[1:]
     return float(np.mean(chosen)) if chosen else None
@@ -419,7 +417,7 @@ def seed_table(runs: Iterable[Mapping] | str | os.PathLike) -> list[dict[str, An
                                "kept": len(kept)}
         for column, percent, without_best in SEED_COLUMNS:
             row[column] = top_share_mean(accuracies, percent, without_best)
-            row[f"{column}_runs"] = max(0, math.ceil(percent * len(kept) / 100) - without_best)
+            row[f"{column}_runs"] = max(0, top_share_run_count(len(kept), percent) - without_best)
         best = max(kept, key=lambda run: run["test_accuracy"], default=None)
         row["best"] = None if best is None else best["test_accuracy"]
         row["best_seed"] = None if best is None else best["seed"]

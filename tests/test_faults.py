@@ -335,6 +335,28 @@ def test_truncated_index_is_rebuilt_from_the_checkpoints_that_verify(runs, tmp_p
     assert_ends_as_uninterrupted(run_dir, runs)
 
 
+def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
+    import keras
+
+    from lhc.training.checkpoints import NonFiniteWeights, save_checkpoint, verify_checkpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder, 1, model, {"history": []})
+    assert verify_checkpoint(folder / "epoch_0001") is None
+
+    kernel = model.layers[0].kernel
+    kernel.assign(np.array([[1.0, np.nan], [0.0, 0.0], [0.0, np.inf]], dtype="float32"))
+    with pytest.raises(NonFiniteWeights, match=rf"^{re.escape(str(folder))}: epoch 2's weights "
+                                               r"are not finite \(1 variables, e\.g\. "
+                                               rf"{re.escape(kernel.path)}\); no checkpoint"):
+        save_checkpoint(folder, 2, model, {"history": []})
+    assert sorted(path.name for path in folder.iterdir()) == ["epoch_0001", "latest.json"]
+    assert json.loads((folder / "latest.json").read_text())["epoch"] == 1
+
+
 def test_damaged_run_state_is_named_with_its_line(runs, tmp_path):
     run_dir = copy_of_interrupted(runs, tmp_path)
     state = run_dir / "run.json"
