@@ -2,7 +2,9 @@
 #   make run    creates .venv, installs the project, runs the notebook sequence on the embedded
 #               default (synthetic data, smoke profile) and writes reports/smoke/report.html
 #   make test   creates .venv, installs the project with its test extras, runs ruff and pytest
-# Both install both backends (extras tf and jax): TensorFlow trains here, JAX is tested too.
+# Both install both backends (extras tf and jax): TensorFlow trains here, JAX is tested too;
+# and Ray Tune (extra ray) for lhc sweep --engine ray. pip -qq: errors only, so that CI's log
+# shows the tests rather than the registry's warnings.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,8 +15,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tf,jax,test]'
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e '.[tf,jax,ray,test]'
 	$(PY) -m ipykernel install --sys-prefix --name lhc --display-name "Python (lhc)" >/dev/null
 	touch $(STAMP)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -175,11 +177,41 @@ def kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, timeou
 
 # Under pytest-xdist (make test: two workers, ``--dist loadfile --no-loadscope-reorder``) each
 # test file runs whole on one worker, so module fixtures are built once, and files go out in
-# collection order. The files that take minutes go first, the two that use the session's smoke
-# training first of all, so that one worker gets both of them (and trains once) while the
-# other takes the next two, and both finish close together.
+# collection order. The files that take minutes go first, longest first, so that the two
+# workers finish close together; the session's smoke training is trained once, by the first
+# file that needs it, and the others wait for it.
 LONG_FILES = ("test_training_run.py", "test_notebooks_nbval.py", "test_workbench.py",
-              "test_training_jax.py", "test_faults.py")
+              "test_sweeps.py", "test_training_jax.py", "test_faults.py")
+
+
+# --- disk: the suite's run folders (ResNet34v2 weights, checkpoints) add up to gigabytes, and
+# machines differ in free space. A passing test's tmp_path is removed when it ends, so that
+# what is on disk at once is the shared runs and the tests in progress; a failing test's is
+# kept for inspection. The header says how much space the session started with.
+
+_CALL_REPORT = pytest.StashKey()
+
+
+def pytest_report_header(config):
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    return f"temporary folders: {tempfile.gettempdir()}, {free / 2**30:.1f} GiB free"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_REPORT] = report
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _remove_tmp_path_of_a_passing_test(request):
+    yield
+    report = request.node.stash.get(_CALL_REPORT, None)
+    tmp_path = getattr(request.node, "funcargs", {}).get("tmp_path")
+    if tmp_path is not None and report is not None and report.passed:
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

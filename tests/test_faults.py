@@ -81,8 +81,9 @@ def runs(tmp_path_factory):
     stdout, stderr = process.communicate(timeout=TIMEOUT)
     reference = root / "reference"
     metrics = train(load_profile(profile_path), out=reference, stages="1", verbose=0)
-    return {"profile": profile_path, "reference": reference, "metrics": metrics,
-            "interrupted": interrupted, "returncode": process.returncode, "stderr": stderr}
+    yield {"profile": profile_path, "reference": reference, "metrics": metrics,
+           "interrupted": interrupted, "returncode": process.returncode, "stderr": stderr}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def lhc_process(*argv: str) -> subprocess.Popen:

@@ -22,6 +22,7 @@ import csv
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -141,7 +142,8 @@ def jax_runs(tmp_path_factory):
     reports = {name: finish(process) for name, process in processes.items()}
     for name, report in reports.items():
         assert report == EXPECTED, name
-    return runs
+    yield runs
+    shutil.rmtree(root, ignore_errors=True)  # half a gigabyte of checkpoints and weights
 
 
 def history(run_dir: Path) -> list[dict[str, float]]:

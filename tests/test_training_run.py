@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import h5_arrays, kill_after_first_checkpoint, tiny_profile
 
-from lhc.training import add_cli, learning_curves, load_profile, resume, sweep, train
+from lhc.training import add_cli, learning_curves, load_profile, resume, train
 
 pytestmark = pytest.mark.slow
 
@@ -161,37 +161,6 @@ def test_divergence_guard_stops_and_records(smoke_run, tmp_path):
     # No checkpoint was written from the non-finite weights.
     assert not list(stage_dir.glob("checkpoints/epoch_*"))
     assert resume(diverged, verbose=0)["status"] == "diverged"  # nothing is retried
-
-
-def test_sweep_writes_a_metrics_file_per_run(smoke_run, tmp_path):
-    run_dir, _ = smoke_run
-    out = tmp_path / "sweep"
-    summary = sweep("smoke", seeds="1", arms=["A", "SE"], base=run_dir, out=out, verbose=0)
-    records = {arm: json.loads((out / "metrics" / f"{arm}_seed1.json").read_text())
-               for arm in ("A", "SE")}
-    for arm, model in (("A", "resnet34v2"), ("SE", "se_net")):
-        record = records[arm]
-        assert (record["arm"], record["seed"], record["status"]) == (arm, 1, "complete")
-        assert list(record["stages"]["stage4"]) == [model]
-        assert record["stages"]["stage3"]["resnet34v2"]["folder"].startswith(str(run_dir))
-        assert "kept" in record["acceptance"]
-        assert summary["runs"][f"{arm}_seed1"]["status"] == "complete"
-    assert json.loads((out / "sweep.json").read_text()) == summary
-
-    # The peer table reads both arms back: the SE arm against A on seed 1.
-    from lhc.evaluation import peer_table
-
-    table = peer_table(out)
-    accuracy = {arm: records[arm]["stages"]["stage4"][model]["test_accuracy"]
-                for arm, model in (("A", "resnet34v2"), ("SE", "se_net"))}
-    assert table["accuracies"] == {"A": {1: accuracy["A"]}, "SE": {1: accuracy["SE"]}}
-    (row_a, row_se) = table["rows"]
-    assert (row_a["arm"], row_se["arm"]) == ("A", "SE")
-    assert row_se["comparison"]["mean_difference"] == pytest.approx(accuracy["SE"] - accuracy["A"])
-    # SE adds 2C^2/16 + C/16 + C + 1 per position over the backbone (C of the five maps).
-    channels = (64, 64, 128, 256, 512)
-    assert row_se["parameters"] - row_a["parameters"] == sum(
-        2 * c * (c // 16) + c // 16 + c + 1 for c in channels)
 
 
 def test_peer_arms_start_at_the_backbones_predictions(smoke_run):

@@ -23,23 +23,30 @@ and other settings are other profiles. Layout of a sweep folder::
 
 Runs are kept whatever the acceptance rule says; the evaluation turns the metrics files into
 the paper's tables over the kept runs.
+
+A sweep is a list of :class:`Trial` (the base, then each arm and seed), each one
+:func:`run_trial`. The ``local`` engine runs them one after another in this process; the
+``ray`` engine (:mod:`lhc.training.ray_engine`) as Ray Tune trials, many at once, each
+retried from its run directory's last checkpoint when it dies. Both write the same files.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lhc._io import write_json
+from lhc._io import read_json, write_json
 from lhc.training.arms import ARMS, Arm
 from lhc.training.layout import RunLayout
 from lhc.training.profiles import Profile, load_profile
 from lhc.training.run_lock import run_lock
 from lhc.training.runner import train
 
-__all__ = ["ARMS", "GLOBAL_ARM", "Arm", "parse_seeds", "sweep", "train_global_arm"]
+__all__ = ["ARMS", "ENGINES", "GLOBAL_ARM", "Arm", "Trial", "parse_seeds", "run_trial", "sweep",
+           "train_global_arm"]
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +64,55 @@ def parse_seeds(spec: str | Iterable[int]) -> list[int]:
     return seeds
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training job of a sweep: the base run, or one arm on one seed.
+
+    Attributes:
+        key: ``"base"`` or ``"<arm>_seed<k>"``.
+        profile: the profile it trains (stage 4's model already set to the arm's).
+        out: its run directory (absolute, so that a worker in another folder finds it).
+        stages: the stages it trains (:func:`lhc.training.parse_stages`).
+        seed: the run's seed; None keeps the profile's (the base run).
+        start_from: the run directory whose stages precede ``stages`` (the base), or None.
+        data_path: FER2013 source, absolute; None for the profile's synthetic data.
+        metrics_file: where its metrics are copied with ``arm`` and ``seed``; None for the base.
+        arm: the arm (:data:`ARMS`); None for the base.
+        verbose: Keras' fit verbosity.
+    """
+
+    key: str
+    profile: Profile
+    out: Path
+    stages: str
+    seed: int | None = None
+    start_from: Path | None = None
+    data_path: str | None = None
+    metrics_file: Path | None = None
+    arm: str | None = None
+    verbose: int = 1
+
+
+def run_trial(trial: Trial) -> dict[str, Any]:
+    """Train one trial, or continue it from its last checkpoint, and record its metrics.
+
+    Both engines call this: in this process (``local``) or in a Ray worker (``ray``), where a
+    retried trial lands here again and :func:`train` resumes its run directory.
+    """
+    metrics = train(trial.profile, trial.data_path, out=trial.out, seed=trial.seed,
+                    stages=trial.stages, start_from=trial.start_from, verbose=trial.verbose)
+    if trial.metrics_file is not None:
+        write_json(trial.metrics_file, {"arm": trial.arm, "seed": trial.seed, **metrics})
+    return metrics
+
+
 def sweep(profile: Profile | str, seeds: str | Iterable[int], arms: Iterable[str] = ("A", "B"),
           data_path: str | Path | None = None, out: str | Path | None = None,
-          base: str | Path | None = None, verbose: int = 1) -> dict[str, Any]:
+          base: str | Path | None = None, verbose: int = 1,
+          engine: str = "local", **engine_settings: Any) -> dict[str, Any]:
     """Run stage 4 (and LHC-NetC for arm C) once per arm and seed from one trained backbone.
 
     Args:
@@ -71,9 +124,20 @@ def sweep(profile: Profile | str, seeds: str | Iterable[int], arms: Iterable[str
         base: a run directory whose stages 1-3 are done; default: train them in
             ``<out>/base`` with the profile's seed (or continue that run).
         verbose: Keras' fit verbosity.
+        engine: ``"local"`` runs the trials one after another in this process; ``"ray"`` runs
+            each as a Ray Tune trial (:func:`lhc.training.ray_engine.run_on_ray`, the
+            ``ray`` extra), the base first, then every (arm, seed) at once as resources allow.
+        **engine_settings: for ``"ray"``: ``address``, ``cpus_per_trial``,
+            ``gpus_per_trial``, ``max_failures``, ``num_cpus``
+            (:func:`lhc.training.ray_engine.run_on_ray`).
 
     Returns:
         The content of ``sweep.json``.
+
+    Raises:
+        ValueError: a bad arm, seed list, engine or engine setting, or a base without stage 3.
+        lhc.training.ray_engine.TrialsFailed: some Ray trials failed after their retries
+            (``sweep.json`` records them as failed).
     """
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
@@ -84,32 +148,74 @@ def sweep(profile: Profile | str, seeds: str | Iterable[int], arms: Iterable[str
     unknown = [arm for arm in arms if arm not in ARMS]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; expected some of {list(ARMS)}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {list(ENGINES)}")
+    if engine == "local" and engine_settings:
+        raise ValueError(f"engine settings {sorted(engine_settings)} are for engine 'ray'")
+    if engine == "ray":
+        from lhc.training.ray_engine import require_ray
+
+        require_ray()  # before any training, not after the base run
     seeds = parse_seeds(seeds)
-    out = Path(out) if out else Path("runs") / f"sweep-{profile.name}"
+    out = (Path(out) if out else Path("runs") / f"sweep-{profile.name}").resolve()
+    data_path = str(Path(data_path).resolve()) if data_path else None
     with run_lock(out, "lhc sweep"):  # one writer per sweep folder, as per run folder
-        return _run_arms(profile, arms, seeds, data_path, out, base, verbose)
+        base, trials = _plan(profile, arms, seeds, data_path, out, base, verbose)
+        if engine == "ray":
+            from lhc.training.ray_engine import TrialsFailed, run_on_ray
+
+            try:
+                run_on_ray([trial for trial in trials if trial.key == "base"], out,
+                           verbose=verbose, **engine_settings)
+                run_on_ray([trial for trial in trials if trial.key != "base"], out,
+                           verbose=verbose, **engine_settings)
+            except TrialsFailed as failed:
+                _write_summary(profile, out, base, arms, seeds, trials, failed.errors)
+                raise
+        else:
+            for trial in trials:
+                log.info("sweep %s: %s", out, trial.key)
+                run_trial(trial)
+        return _write_summary(profile, out, base, arms, seeds, trials, {})
 
 
-def _run_arms(profile: Profile, arms: list[str], seeds: list[int], data_path, out: Path,
-              base, verbose: int) -> dict[str, Any]:
+def _plan(profile: Profile, arms: list[str], seeds: list[int], data_path: str | None, out: Path,
+          base, verbose: int) -> tuple[Path, list[Trial]]:
+    """The base (trained first unless given) and one trial per arm and seed, in that order."""
+    trials = []
     if base is None:
         base = out / "base"
-        train(profile, data_path, out=base, stages="1-3", verbose=verbose)
-    elif not RunLayout(base).stage("stage3", "resnet34v2").done:
-        raise ValueError(f"{base}: no finished stage 3 "
-                         f"({RunLayout(base).stage('stage3', 'resnet34v2').summary}); a sweep's "
-                         "base run must have done stages 1-3")
-    runs = {}
+        trials.append(Trial("base", profile, base, "1-3", data_path=data_path, verbose=verbose))
+    else:
+        base = Path(base).resolve()
+        if not RunLayout(base).stage("stage3", "resnet34v2").done:
+            raise ValueError(f"{base}: no finished stage 3 "
+                             f"({RunLayout(base).stage('stage3', 'resnet34v2').summary}); a "
+                             "sweep's base run must have done stages 1-3")
     for arm in arms:
         arm_profile = profile.replace_stage("stage4", model=ARMS[arm].model)
         for seed in seeds:
             key = f"{arm}_seed{seed}"
-            log.info("sweep %s: arm %s, seed %s", out, arm, seed)
-            metrics = train(arm_profile, data_path, out=out / "runs" / key, seed=seed,
-                            stages=ARMS[arm].stages, start_from=base, verbose=verbose)
-            write_json(out / "metrics" / f"{key}.json", {"arm": arm, "seed": seed, **metrics})
-            runs[key] = {"arm": arm, "seed": seed, "status": metrics["status"],
-                         "acceptance": metrics.get("acceptance")}
+            trials.append(Trial(key, arm_profile, out / "runs" / key, ARMS[arm].stages, seed,
+                                base, data_path, out / "metrics" / f"{key}.json", arm, verbose))
+    return base, trials
+
+
+def _write_summary(profile: Profile, out: Path, base: Path, arms: list[str], seeds: list[int],
+                   trials: list[Trial], errors: dict[str, str]) -> dict[str, Any]:
+    """``sweep.json`` from the trials' metrics files; a trial with no file is failed."""
+    runs = {}
+    for trial in trials:
+        if trial.metrics_file is None:
+            continue
+        if trial.key in errors or not trial.metrics_file.exists():
+            runs[trial.key] = {"arm": trial.arm, "seed": trial.seed, "status": "failed",
+                               "acceptance": None,
+                               "error": errors.get(trial.key, "no metrics were written")}
+            continue
+        metrics = read_json(trial.metrics_file)
+        runs[trial.key] = {"arm": trial.arm, "seed": trial.seed, "status": metrics["status"],
+                           "acceptance": metrics.get("acceptance")}
     summary = {"profile": profile.name, "folder": str(out), "base": str(base), "arms": arms,
                "seeds": seeds, "runs": runs}
     write_json(out / "sweep.json", summary)
