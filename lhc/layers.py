@@ -29,11 +29,44 @@ import math
 import keras
 from keras import ops
 
-__all__ = ["HEAD_LAYOUTS", "LHC"]
+__all__ = ["HEAD_LAYOUTS", "LHC", "head_band"]
 
 # "bands": the paper's local heads, one horizontal band each. "global": the comparison arm of
 # section 2.2, every head sees the whole map (a standard multi-head channel attention).
 HEAD_LAYOUTS = ("bands", "global")
+
+
+def head_band(head, num_heads, height, width, head_layout="bands"):
+    """Flat row-major positions ``[start, stop)`` of the ``H x W`` map that ``head`` sees.
+
+    SplitHeads (eqs. 4-6) flattens the map row-major to ``H*W`` positions and cuts them into
+    ``n`` contiguous chunks of ``L = H*W/n``; eq. 17 puts each head's output back on its chunk.
+    So for ``head_layout="bands"`` head ``h`` sees ``[h*L, (h+1)*L)``: whole rows
+    ``h*H/n .. (h+1)*H/n - 1`` when ``n`` divides ``H``, otherwise rows cut part-way. For
+    ``"global"`` every head sees all positions, ``[0, H*W)``.
+
+    Args:
+        head: head index ``h`` in ``0 .. n-1``.
+        num_heads: ``n``.
+        height, width: the feature map's ``H`` and ``W``.
+        head_layout: one of :data:`HEAD_LAYOUTS`.
+
+    Returns:
+        ``(start, stop)``; ``stop - start`` is the layer's ``band_size``.
+    """
+    if head_layout not in HEAD_LAYOUTS:
+        raise ValueError(f"head_layout must be one of {HEAD_LAYOUTS}, got {head_layout!r}")
+    if not 0 <= head < num_heads:
+        raise ValueError(f"head must lie in 0..{num_heads - 1}, got {head}")
+    positions = height * width
+    if head_layout == "global":
+        return 0, positions
+    if positions % num_heads:
+        raise ValueError(
+            f"H*W = {height}*{width} = {positions} is not divisible by num_heads={num_heads}"
+        )
+    band_size = positions // num_heads
+    return head * band_size, (head + 1) * band_size
 
 
 @keras.saving.register_keras_serializable(package="lhc")
@@ -176,6 +209,18 @@ class LHC(keras.layers.Layer):
                 shape=(),
                 initializer=keras.initializers.Constant(self.gate_init),
             )
+
+    def band(self, head):
+        """Flat row-major positions ``[start, stop)`` head ``head`` sees (eq. 17, :func:`head_band`).
+
+        Valid once the layer is built (its ``H`` and ``W`` are known).
+        """
+        if not self.built:
+            raise ValueError(
+                f"LHC layer '{self.name}' is not built yet; its bands are known once it has "
+                f"seen its input shape."
+            )
+        return head_band(head, self.num_heads, self.height, self.width, self.head_layout)
 
     def call(self, inputs, return_attention=False):
         if not self.enabled and not return_attention:

@@ -66,6 +66,8 @@ def test_shapes_metadata_and_rows_sum_to_one():
     assert module.head_outputs.shape == (5, 4, 4, 12)  # L = 8*6/4
     # n = 4 divides H = 8: head h owns rows 2h, 2h+1.
     assert module.band_rows == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    # The bands are the layer's own (lhc.layers.head_band), not re-derived here.
+    assert [module.band(h) for h in range(4)] == [model.get_layer("lhc").band(h) for h in range(4)]
     np.testing.assert_allclose(module.weights.sum(axis=-1), 1.0, atol=1e-5)
     assert np.all(module.weights >= 0)
     np.testing.assert_allclose(analysis.probabilities, model.predict(random_images(5), verbose=0),

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from lhc.layers import LHC
+from lhc.layers import LHC, head_band
 
 # float64 agreement with the transcription. On JAX (x64 enabled) Keras 3.15's ops.mean
 # computes float64 in float32, which costs about 1e-8 through eq. 12: that backend alone gets
@@ -352,6 +352,34 @@ def test_output_shape_in_functional_model():
     inputs = keras.Input((8, 8, 4))
     outputs = LHC(4, 6)(inputs)
     assert tuple(outputs.shape) == (None, 8, 8, 4)
+
+
+# ---------------------------------------------------------------- band geometry (eq. 17)
+
+
+def test_head_bands_match_hand_derived_case():
+    # A 4x6 map flattened row-major has 24 positions; 3 local heads cut it into chunks of
+    # L = 8 (eqs. 4-6): head 0 sees row 0 and the first two cells of row 1, and so on.
+    assert [head_band(h, 3, 4, 6, "bands") for h in range(3)] == [(0, 8), (8, 16), (16, 24)]
+    assert [head_band(h, 3, 4, 6, "global") for h in range(3)] == [(0, 24)] * 3
+    for layout, bands in (("bands", [(0, 8), (8, 16), (16, 24)]), ("global", [(0, 24)] * 3)):
+        layer = LHC(num_heads=3, head_dim=2, head_layout=layout, name=f"lhc_{layout}")
+        with pytest.raises(ValueError, match=f"lhc_{layout}.*not built"):
+            layer.band(0)
+        layer.build((None, 4, 6, 5))
+        assert [layer.band(h) for h in range(3)] == bands
+        assert all(stop - start == layer.band_size for start, stop in bands)
+
+
+def test_head_band_errors():
+    with pytest.raises(ValueError, match=r"head must lie in 0\.\.2, got 3"):
+        head_band(3, 3, 4, 6)
+    with pytest.raises(ValueError, match=r"head must lie in 0\.\.2, got -1"):
+        head_band(-1, 3, 4, 6, "global")
+    with pytest.raises(ValueError, match="head_layout must be one of"):
+        head_band(0, 3, 4, 6, "rows")
+    with pytest.raises(ValueError, match=r"H\*W = 4\*4 = 16 is not divisible by num_heads=5"):
+        head_band(0, 5, 4, 4)
 
 
 # ---------------------------------------------------------------- errors
