@@ -7,7 +7,7 @@
   a GPU, so that a broken CUDA set-up costs seconds rather than a CPU-bound training.
 - ``python gpu/steps.py report RUN_DIR OUT_DIR [--evaluate stage4,stage3,lhcc] [--split val]
   [--tta flip] [--deadline UNIX_TIME]``: the stage table, one learning-curve figure per
-  stage, and the evaluation (:func:`lhc.evaluate_cli.run_evaluation`: float32, with and
+  stage, and the evaluation (:func:`lhc.evaluation.run_evaluation`: float32, with and
   without TTA) of each finished stage in the order given, each begun only while at least
   :data:`EVALUATION_SECONDS` remain before the deadline; ``OUT_DIR/evaluation.json`` sums
   them up.
@@ -124,7 +124,7 @@ def report(run_dir: Path, out: Path, stages: list[str], split: str, tta: str,
             failures += 1
             traceback.print_exc()
 
-    from lhc.evaluate_cli import run_evaluation
+    from lhc.evaluation import run_evaluation
 
     _, finished = _finished_stages(run_dir)
     summary: dict = {"split": split, "tta": tta, "stages": {}, "skipped": {}}

@@ -12,7 +12,9 @@ Modules, one job each:
 - :mod:`lhc.efficiency`: the L1/G1 efficiency analysis of local against global heads
   (paper section 2.2, eqs. 21-26).
 - :mod:`lhc.plots`: the one figure style and atomic figure saving.
-- :mod:`lhc.cli`: the ``lhc`` command.
+- :mod:`lhc.workbench`: the notebook sequence executed headless (``lhc run``);
+  :mod:`lhc.run_report`: a run's HTML report (``lhc report``).
+- :mod:`lhc.cli`: the ``lhc`` command, one module per subcommand (``lhc.cli.train``, ...).
 - :mod:`lhc.backend`: the Keras backend when none was chosen (JAX where TensorFlow is absent).
 """
 

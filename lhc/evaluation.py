@@ -4,6 +4,9 @@
   confusion matrix and the count of tied top scores, from a score array (a pure function).
 - :func:`evaluate`: a model on a split's 48x48 grey images, without and with a TTA protocol
   (:mod:`lhc.tta`); :func:`confusion_matrix_figure` and :func:`per_class_figure` draw it.
+- :func:`run_evaluation`: what ``lhc evaluate`` does: a run's model (or a ``.keras`` file)
+  evaluated on a split of its data or any FER2013 source, written as ``metrics.json`` and
+  figures.
 - :func:`seed_table`: the paper's table of seed sweeps (section 3, "Results"): Top 40%,
   Top 40% w/o best, Top 25%, Top 25% w/o best and Best per arm, over the runs the acceptance
   rule kept, read from a sweep folder (:mod:`lhc.training.sweeps`).
@@ -50,6 +53,7 @@ from lhc.training.arms import ARMS as SWEEP_ARMS
 __all__ = [
     "ARMS",
     "PAPER_LITERATURE",
+    "TTA_CHOICES",
     "confusion_matrix_figure",
     "evaluate",
     "format_table",
@@ -61,12 +65,17 @@ __all__ = [
     "parameter_counts",
     "per_class_figure",
     "read_sweep_runs",
+    "run_evaluation",
     "seed_table",
     "split_label",
     "top_share_mean",
 ]
 
 LOSS_EPSILON = 1e-7  # keras.backend.epsilon(): the clip of probabilities in cross-entropy
+
+# The named protocols of lhc.tta.PROTOCOLS (a test checks that the two agree), listed here
+# because lhc.tta imports Keras and the ``lhc evaluate`` parser takes them as its choices.
+TTA_CHOICES = ("none", "flip", "paper", "reference")
 
 # Sweep arm -> (its row name, stage and model whose test accuracy the row reads).
 ARMS: Mapping[str, tuple[str, str, str]] = {arm: (spec.label, *spec.scored)
@@ -309,6 +318,103 @@ def per_class_figure(result: Mapping, title: str = ""):
     fig.suptitle(title or "Per-class precision, recall and F1")
     fig.tight_layout()
     return fig
+
+
+# --- a model evaluated on a split, as ``lhc evaluate`` does it --------------------------------
+
+def run_evaluation(source: str | os.PathLike, data: str | os.PathLike | None = None,
+                   split: str = "test", tta: str = "none", out: str | os.PathLike | None = None,
+                   stage: str = "stage4", model_name: str | None = None, batch_size: int = 64,
+                   max_batch: int = 256) -> dict[str, Any]:
+    """Evaluate a run's model or a ``.keras`` file on a split; write ``metrics.json`` and figures.
+
+    What ``lhc evaluate`` does (:mod:`lhc.cli.evaluate`). A run directory gives its model (by
+    default the profile's model of ``stage``), its input size, and its data read exactly as
+    training read it (the profile's carve_test, :func:`lhc.training.load_run_data`); ``data``
+    evaluates on another source, read with the same settings. A ``.keras`` file gives its input
+    size from its input shape, and needs ``data``. The default ``out`` is
+    ``<run>/evaluation/<stage>-<model>-<split>-tta_<tta>`` for a run directory and
+    ``<file stem>-evaluation/<split>-tta_<tta>`` beside a model file; the figures go to
+    ``out/figures``.
+
+    Args:
+        source: a run directory or a ``.keras`` file.
+        data: a FER2013 source; None for a run's own data.
+        split: ``"val"`` or ``"test"``.
+        tta: a protocol name of :data:`lhc.tta.PROTOCOLS` (:data:`TTA_CHOICES`).
+        out: output folder; None for the default above.
+        stage: with a run directory, the stage whose final model to evaluate.
+        model_name: with a run directory, the model; None for the profile's model of ``stage``.
+        batch_size: images per batch.
+        max_batch: the most images per model call under TTA.
+
+    Returns:
+        The content of ``metrics.json``: ``accuracy``, ``loss``, ``split``, ``test_split``,
+        ``model``, ``data``, ``input_size``, ``out`` and :func:`evaluate`'s result.
+
+    Raises:
+        FileNotFoundError: no such source or data.
+        ValueError: a source that is neither, a missing ``data``, an absent split.
+    """
+    from lhc import plots
+    from lhc._io import write_json
+    from lhc.data import load_fer2013
+    from lhc.export import load_model
+
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such run directory or .keras file")
+    if source.is_dir():
+        from lhc.training import load_run, load_run_data
+        from lhc.training.runner import DATA_SEED, STAGE_LABELS
+
+        profile, _ = load_run(source)
+        stage = STAGE_LABELS.get(stage, stage)
+        if stage not in profile.stages:
+            raise ValueError(f"--stage {stage!r}: expected one of {list(STAGE_LABELS)} or "
+                             f"{list(profile.stages)}")
+        model_name = model_name or profile.stages[stage].model
+        dataset = (load_run_data(source) if data is None else
+                   load_fer2013(data, carve_test=profile.data.carve_test, seed=DATA_SEED))
+        default_out = source / "evaluation" / f"{stage}-{model_name}-{split}-tta_{tta}"
+    elif data is None:
+        raise ValueError(f"{source}: a model file carries no data; pass --data PATH")
+    else:
+        dataset = load_fer2013(data)
+        default_out = source.parent / f"{source.stem}-evaluation" / f"{split}-tta_{tta}"
+    if split not in dataset.splits:
+        raise ValueError(f"{dataset.source}: no {split} split (it has "
+                         f"{', '.join(dataset.splits)}; {dataset.split_convention}); choose "
+                         "--split from those, or a source with PrivateTest")
+    loaded = load_model(source, stage=stage, model=model_name or "lhc_net",
+                        class_names=dataset.class_names)
+    chosen = dataset.splits[split]
+    result = evaluate(loaded.model, chosen.images, chosen.labels, loaded.class_names,
+                      image_size=loaded.input_size, tta=tta, batch_size=batch_size,
+                      max_batch=max_batch)
+    total, attention = parameter_counts(loaded.model)
+    headline = result["with_tta"] or result["without_tta"]
+    metrics = {
+        "accuracy": result["accuracy"],
+        "loss": headline["loss"],
+        "split": split,
+        "test_split": split_label(dataset, split),
+        "input_size": loaded.input_size,
+        "model": {"source": loaded.source, "name": loaded.model.name, "params": total,
+                  "lhc_params": attention, "lhc_share": attention / total},
+        "data": {"source": dataset.source, "split_convention": dataset.split_convention,
+                 "counts": {name: len(part) for name, part in dataset.splits.items()},
+                 "test_is_carved": dataset.test_is_carved, "notes": dataset.notes},
+        **result,
+    }
+    out = Path(out) if out else default_out
+    metrics["out"] = str(out)
+    write_json(out / "metrics.json", metrics)
+    title = f"{loaded.source}, {split} ({metrics['test_split']})"
+    plots.save_figure(confusion_matrix_figure(result, title), out / "figures" /
+                      "evaluate_confusion_matrix")
+    plots.save_figure(per_class_figure(result, title), out / "figures" / "evaluate_per_class")
+    return metrics
 
 
 # --- the seed table ---------------------------------------------------------------------------

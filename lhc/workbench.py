@@ -8,7 +8,7 @@ and the cell and keeping the partially executed notebook for inspection. The ker
 the current directory (relative paths resolve as on the command line) and write their stderr
 (TensorFlow's C++ log lines) to ``RUN_DIR/notebooks/kernels.log``. Each run also records, in
 ``RUN_DIR/workbench.json``, the notebooks run with their wall times and the versions and
-hardware they ran on, for the report (:mod:`lhc.report`).
+hardware they ran on, for the report (:mod:`lhc.run_report`).
 
 One ``lhc run`` writes a run directory at a time (:mod:`lhc.training.run_lock`; its kernels
 train under the same lock). An interrupt (Ctrl-C) stops the running kernel, records the
@@ -190,8 +190,32 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike,
                                    extra_arguments=[KERNEL_OPTION_NO_FD_CAPTURE])
     finally:
         if running.exists():
+            # Cosmetic: a notebook papermill left unreadable is kept as it is.
+            with contextlib.suppress(ValueError, OSError):
+                save_as_jupyter_does(running)
             os.replace(running, output)
     return injected
+
+
+def save_as_jupyter_does(path: Path, strip_run_record: bool = False) -> None:
+    """Rewrite a notebook file in the form JupyterLab saves it in, so that opening and saving
+    it there changes nothing.
+
+    JupyterLab's server writes ``nbformat.write``'s JSON (indent 1, sorted keys) and a final
+    newline; papermill writes the same JSON without the newline. ``strip_run_record`` also
+    drops papermill's record of the execution (paths, times) from the notebook's and each
+    cell's metadata, for the committed notebooks, whose diffs should show only what changed.
+    """
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    if strip_run_record:
+        notebook.metadata.pop("papermill", None)
+        for cell in notebook.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+    with open(path, "w", encoding="utf-8") as handle:
+        nbformat.write(notebook, handle, version=nbformat.NO_CONVERT)
 
 
 def _failure(notebook: Path, output: Path, kernel_log: Path | None,
@@ -332,6 +356,13 @@ def _run_locked(run_dir: Path, selected: list[Path], declared: dict, candidates:
         log(f"[{position}/{len(selected)}] {notebook.stem} done in {record['seconds']:.1f} s "
             f"(total {_minutes(time.perf_counter() - sequence_start)})")
     log(f"executed notebooks in {run_dir / 'notebooks'}")
+    from lhc.run_report import REPORT_NOTEBOOK, report_folder
+
+    if any(record["notebook"] == REPORT_NOTEBOOK for record in ran):
+        # Last, as what a reader opens next: the report notebook's ``out`` or its default.
+        out = next((record["parameters"].get("out") for record in ran
+                    if record["notebook"] == REPORT_NOTEBOOK), None)
+        log(f"report: {report_folder(run_dir, out or None) / 'report.html'}")
     return ran
 
 
@@ -398,6 +429,7 @@ def refresh_outputs(notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR,
             try:
                 with _stderr_to(kernel_log):
                     execute_notebook(notebook, notebook, {}, cwd=workdir)
+                save_as_jupyter_does(notebook, strip_run_record=True)
             except BaseException as error:
                 if kernel_log.exists():  # it goes with the temporary directory
                     log(f"kernel log (end):\n{kernel_log.read_text()[-3000:]}")

@@ -18,8 +18,9 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from lhc import evaluation  # noqa: E402
+from lhc.cli.evaluate import add_cli  # noqa: E402
 from lhc.data import FER2013_CLASSES  # noqa: E402
-from lhc.evaluate_cli import TTA_CHOICES, add_cli, run_evaluation  # noqa: E402
+from lhc.evaluation import TTA_CHOICES, run_evaluation  # noqa: E402
 
 # --- metrics from probabilities --------------------------------------------------------------
 

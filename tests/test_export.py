@@ -15,11 +15,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from lhc.cli.export import add_cli  # noqa: E402
 from lhc.data import FER2013_CLASSES  # noqa: E402
 from lhc.export import TFLiteModel, export_model, load_model, tflite_bytes  # noqa: E402
 from lhc.layers import LHC  # noqa: E402
 from lhc.models import build_lhc_net  # noqa: E402
-from lhc.predict_cli import add_cli  # noqa: E402
 
 SHAPE = (48, 48, 3)
 

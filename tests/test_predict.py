@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 from conftest import PHOTO_MODEL_INPUT_SIZE as INPUT_SIZE  # noqa: E402
 from conftest import skin_mask
 
+from lhc.cli.predict import add_cli  # noqa: E402
 from lhc.data import FER2013_CLASSES  # noqa: E402
 from lhc.data.pipeline import input_model  # noqa: E402
 from lhc.predict import (  # noqa: E402
@@ -31,7 +32,6 @@ from lhc.predict import (  # noqa: E402
     preprocess,
     to_grey,
 )
-from lhc.predict_cli import add_cli  # noqa: E402
 
 
 def test_detector_finds_the_one_face_of_the_astronaut(astronaut):

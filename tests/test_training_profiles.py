@@ -3,7 +3,6 @@ acceptance rule, and the checks a run makes before it writes anything."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -16,10 +15,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
+from lhc.cli import build_parser
 from lhc.training import (
     ProfileError,
     acceptance,
-    add_cli,
     available_profiles,
     load_profile,
     parse_seeds,
@@ -271,8 +270,7 @@ def test_lhcc_after_a_resnet_stage4_is_refused(tmp_path):
 
 
 def test_cli_options():
-    parser = argparse.ArgumentParser(prog="lhc")
-    add_cli(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["train", "--profile", "cpu", "--data", "fer.csv", "--out", "runs/x",
                               "--seed", "3", "--stages", "1-4"])
     assert (args.profile, args.data, args.out, args.seed, args.stages) == (

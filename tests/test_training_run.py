@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from conftest import h5_arrays, kill_after_first_checkpoint, tiny_profile
 
-from lhc.training import add_cli, learning_curves, load_profile, resume, train
+from lhc.cli.train import add_cli
+from lhc.training import learning_curves, load_profile, resume, train
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,10 @@ Modules, one job each:
   acceptance rule, ``metrics.json``.
 - :mod:`lhc.training.sweeps`: :func:`sweep`, the paper's seed sets A, B and C.
 - :mod:`lhc.training.figures`: learning curves of a run.
-- :mod:`lhc.training.commands`: the ``lhc train`` and ``lhc sweep`` subcommands.
 - :mod:`lhc.training.artifacts`: a finished run's data and trained models, for analyses.
+
+The ``lhc train`` and ``lhc sweep`` subcommands are :mod:`lhc.cli.train` and
+:mod:`lhc.cli.sweep`.
 
 Names are imported lazily, so that ``lhc`` commands that do not train never import TensorFlow.
 """
@@ -43,7 +45,6 @@ _EXPORTS = {
     "train_global_arm": "sweeps",
     "learning_curves": "figures",
     "stage_table": "figures",
-    "add_cli": "commands",
     "load_initial_lhc_weights": "artifacts",
     "load_run": "artifacts",
     "load_run_data": "artifacts",

@@ -1,10 +1,12 @@
-"""The ``lhc run`` and ``lhc report`` subcommands, added to the ``lhc`` parser by :func:`add_cli`.
+"""``lhc run``: the notebook sequence, headless, into a run directory.
 
-- ``lhc run [--profile smoke|cpu|gpu|paper] [--data PATH] [--out runs/NAME] [--only 04,05]
-  [--from 03] [--no-images] [-p NAME VALUE ...]``: the notebook sequence
-  (:func:`lhc.workbench.run_sequence`).
-- ``lhc report runs/NAME [--out reports/NAME] [--no-images]``: the HTML report
-  (:func:`lhc.report.build_report`).
+``lhc run [--profile smoke|cpu|gpu|paper] [--data PATH] [--out runs/NAME] [--only 04,05]
+[--from 03] [--no-images] [-p NAME VALUE ...]`` (:func:`lhc.workbench.run_sequence`).
+
+An interrupt ends it with one line naming the ``lhc run`` command that continues the
+sequence, and exit status 130; a failed notebook, bad input, a run folder another process
+writes or a full disk with one line and exit status 1. This process never imports TensorFlow:
+the notebooks' kernels do.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import argparse
 import shlex
 import sys
 
+from lhc.cli._common import EXIT_INTERRUPTED
+
 __all__ = ["add_cli", "notebook_parameters"]
 
 
 def add_cli(subparsers) -> None:
-    """Add ``run`` and ``report`` to the ``lhc`` command's subparsers.
+    """Add ``run`` to the ``lhc`` command's subparsers.
 
     Args:
         subparsers: what ``argparse.ArgumentParser.add_subparsers`` returned.
@@ -41,20 +45,9 @@ def add_cli(subparsers) -> None:
                           "-p split val, -p sample_size 1200); repeatable")
     run.set_defaults(func=_cmd_run)
 
-    report = subparsers.add_parser(
-        "report", help="build the self-contained HTML report of a run",
-        description="Write reports/NAME/report.html (figures embedded) and every figure as PNG "
-                    "and SVG under reports/NAME/figures/.")
-    report.add_argument("run_dir")
-    report.add_argument("--out", help="report folder (default reports/<run name>)")
-    report.add_argument("--no-images", dest="images", action="store_false",
-                        help="leave out every figure that shows faces (for real data)")
-    report.set_defaults(func=_cmd_report)
-
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from lhc._io import DiskFull
-    from lhc.training.commands import EXIT_INTERRUPTED
     from lhc.training.run_lock import RunLocked
     from lhc.workbench import NotebookFailed, SequenceInterrupted, run_sequence
 
@@ -95,11 +88,3 @@ def notebook_parameters(pairs) -> dict:
     import yaml
 
     return {name: yaml.safe_load(value) for name, value in pairs}
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from lhc.report import build_report
-
-    report = build_report(args.run_dir, args.out, images=args.images)
-    print(report.summary())
-    return 0

@@ -1,4 +1,4 @@
-"""The HTML report of a run (lhc.report, ``lhc report``), on a run directory written here by hand."""
+"""The HTML report of a run (lhc.run_report, ``lhc report``), on a run directory written here by hand."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lhc.report import FACE_FIGURES, build_report, shows_faces
-from lhc.workbench_cli import add_cli
+from lhc.cli.report import add_cli
+from lhc.run_report import FACE_FIGURES, build_report, shows_faces
 
 PROFILE_YAML = "name: smoke\ninput_size: 48\nseed: 3\n"
 # name -> PNG size; three of them show faces

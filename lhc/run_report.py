@@ -54,7 +54,7 @@ _PNG_SIZE = struct.Struct(">II")
 _DISPLAY_SCALE = 96 / 150
 _NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?$")
 
-__all__ = ["FACE_FIGURES", "Report", "build_report", "shows_faces"]
+__all__ = ["FACE_FIGURES", "Report", "build_report", "report_folder", "shows_faces"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,11 @@ def shows_faces(figure_name: str) -> bool:
     return figure_name.startswith(FACE_FIGURES)
 
 
+def report_folder(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Where :func:`build_report` writes: ``out``, or ``reports/<run name>`` by default."""
+    return Path(out) if out else Path("reports") / Path(run_dir).resolve().name
+
+
 def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                  images: bool = True) -> Report:
     """Write the HTML report of a run and copy its figures (the ``lhc report`` command).
@@ -112,7 +117,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory (make one with `lhc run`)")
-    out = Path(out) if out else Path("reports") / run_dir.resolve().name
+    out = report_folder(run_dir, out)
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"{out}: the report needs a folder of its own, not the run directory")
     # In the order the notebooks saved them, which follows their narrative.
