@@ -19,7 +19,8 @@ import papermill
 import pytest
 from conftest import write_notebook
 
-from lhc.report import FACE_FIGURES
+from lhc.cli.run import add_cli, notebook_parameters
+from lhc.run_report import FACE_FIGURES
 from lhc.workbench import (
     NOTEBOOKS_DIR,
     NotebookFailed,
@@ -29,7 +30,6 @@ from lhc.workbench import (
     run_sequence,
     select_notebooks,
 )
-from lhc.workbench_cli import add_cli, notebook_parameters
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it
 SEQUENCE = [Path(name) for name in ("01_data.ipynb", "02_train_backbone.ipynb", "04_evaluate.ipynb",
@@ -110,6 +110,48 @@ def test_only_declared_parameters_are_injected(tmp_path):
     assert injected == {"run_dir": "elsewhere", "seed": 7}
     assert f"run_dir=elsewhere seed=7 cwd={tmp_path / 'out'}\n" == stdout_of(output)
     assert sorted(path.name for path in output.parent.iterdir()) == ["01_probe.ipynb"]
+    # Written as JupyterLab writes it: opening and saving it there would change nothing.
+    assert output.read_text(encoding="utf-8") == jupyter_saved(output)
+
+
+def jupyter_saved(path: Path) -> str:
+    """The text JupyterLab's server writes when ``path`` is opened and saved, unchanged."""
+    import shutil
+    import tempfile
+
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(path, Path(folder) / path.name)
+        contents = FileContentsManager(root_dir=folder)
+        model = contents.get(path.name, content=True, type="notebook")
+        contents.save({"type": "notebook", "format": "json", "content": model["content"]},
+                      path.name)
+        return (Path(folder) / path.name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("notebook", notebook_sequence(), ids=lambda path: path.stem)
+def test_a_committed_notebook_opened_and_saved_in_jupyterlab_stays_byte_identical(notebook):
+    assert notebook.read_text(encoding="utf-8") == jupyter_saved(notebook)
+    metadata = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]
+    assert "papermill" not in metadata, "refresh_outputs strips the execution record"
+
+
+def test_committed_notebooks_name_the_kernel_make_installs():
+    """`make lab` opens them on "Python (lhc)", the environment's own kernel."""
+    import re
+
+    install = re.search(r"ipykernel install --sys-prefix --name (\S+) --display-name \"([^\"]+)\"",
+                        (NOTEBOOKS_DIR.parent / "Makefile").read_text())
+    assert install, "the Makefile installs the project's kernel"
+    expected = {"display_name": install[2], "language": "python", "name": install[1]}
+    assert expected == {"display_name": "Python (lhc)", "language": "python", "name": "lhc"}
+    for notebook in notebook_sequence():
+        kernelspec = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]["kernelspec"]
+        assert kernelspec == expected, notebook.name
+    installed = Path(sys.prefix) / "share" / "jupyter" / "kernels" / install[1] / "kernel.json"
+    if installed.exists():  # make venv installs it; a hand-made environment may not
+        assert json.loads(installed.read_text())["display_name"] == install[2]
 
 
 def test_a_notebook_without_run_dir_is_refused(tmp_path):
@@ -283,7 +325,7 @@ def test_lhc_run_whole_sequence_without_images(tmp_path, smoke_training):
     trained, _ = smoke_training
     # Not the global arm another test may have trained beside it: 05b trains its own.
     shutil.copytree(trained, tmp_path / "runs" / "e2e", ignore=shutil.ignore_patterns("global_arm"))
-    script = ("import argparse, sys\nfrom lhc.workbench_cli import add_cli\n"
+    script = ("import argparse, sys\nfrom lhc.cli.run import add_cli\n"
               "parser = argparse.ArgumentParser(prog='lhc')\n"
               "add_cli(parser.add_subparsers(dest='command', required=True))\n"
               "args = parser.parse_args(sys.argv[1:])\nsys.exit(args.func(args))\n")
@@ -303,6 +345,8 @@ def test_lhc_run_whole_sequence_without_images(tmp_path, smoke_training):
         (path.stem, "done") for path in sequence]
     for position, path in enumerate(sequence, 1):
         assert f"[{position}/{len(sequence)}] {path.stem} done in " in result.stdout
+    # What a reader opens next comes last: the report the sequence wrote.
+    assert result.stdout.strip().splitlines()[-1] == "report: reports/e2e/report.html"
     # the notebooks drew no faces, and the report (in the current directory) shows none
     figures = {path.stem for path in (run_dir / "figures").glob("*.png")}
     assert figures and not any(name.startswith(FACE_FIGURES) for name in figures)
@@ -315,7 +359,7 @@ def test_lhc_run_whole_sequence_without_images(tmp_path, smoke_training):
 def test_run_and_report_never_import_tensorflow_in_this_process(tmp_path):
     """The kernels import it; the process that drives them stays small and starts fast."""
     write_notebook(tmp_path / "notebooks" / "01_probe.ipynb", 'run_dir = "runs/smoke"', "print(1)")
-    script = ("import sys\nfrom lhc.workbench import run_sequence\nfrom lhc.report import build_report\n"
+    script = ("import sys\nfrom lhc.workbench import run_sequence\nfrom lhc.run_report import build_report\n"
               f"run_sequence('smoke', out={str(tmp_path / 'run')!r}, "
               f"notebooks_dir={str(tmp_path / 'notebooks')!r}, log=lambda line: None)\n"
               f"build_report({str(tmp_path / 'run')!r}, {str(tmp_path / 'report')!r})\n"
