@@ -46,8 +46,8 @@ FIGURE_SECTIONS = (
     ("efficiency_", "Efficiency of local against global heads"),
 )
 OTHER_FIGURES = "Other figures"
-PEERS_FILE = "attention_peers.json"  # notebook 09's table of a sweep
-REPORT_NOTEBOOK = "08_report"  # its own outputs are the summary of a report, not results
+PEERS_FILE = "attention_peers.json"  # notebook 08_attention_peers' table of a sweep
+REPORT_NOTEBOOK = "09_report"  # its own outputs are the summary of a report, not results
 # A PNG's width and height are the first two fields of its IHDR chunk (bytes 16-24).
 _PNG_SIZE = struct.Struct(">II")
 # Figures are saved at 150 dpi (lhc.plots.STYLE); at 96 CSS px per inch they keep their size.
@@ -175,7 +175,7 @@ def _sections(run_dir: Path, figures: list[str]) -> list[tuple[str, str]]:
         sections["Attention peers under one protocol"] = (
             f"<p>Sweep <code>{html.escape(str(peers['sweep_dir']))}</code>: every arm is stage 4 "
             "from one backbone on the same seeds; differences are paired by seed, with 95% "
-            "bootstrap intervals and sign-flip p-values (notebook 09).</p>"
+            "bootstrap intervals and sign-flip p-values (notebook 08_attention_peers).</p>"
             + _table(_markdown_rows(peers["table"])))
     # A section's figures follow its tables; analysis sections hold only figures.
     for title, names in _figures_by_section(figures).items():

@@ -159,6 +159,30 @@ def tiny_profile(name: str = "tiny"):
     return profile.replace_stage("stage1", batch_size=16)
 
 
+def wait_for_checkpoint(process: subprocess.Popen, checkpoints: Path, epoch: int,
+                        timeout: float) -> None:
+    """Return once the index ``checkpoints/latest.json`` names ``epoch`` or later; fail, with
+    the end of the process's output, if the process ends or ``timeout`` seconds pass first."""
+    pointer = checkpoints / "latest.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(pointer.read_text())["epoch"] >= epoch:
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # not written yet, or being replaced
+        time.sleep(0.02)
+    process.kill()
+    stdout, stderr = process.communicate()
+    pytest.fail(f"no checkpoint of epoch {epoch} in {checkpoints}: "
+                f"{((stdout or '') + (stderr or ''))[-3000:]}")
+
+
+def history_rows(stage_dir: Path) -> list[list[str]]:
+    """A stage's history.csv without its seconds column (wall time differs between runs)."""
+    return [line.split(",")[:-1] for line in (stage_dir / "history.csv").read_text().splitlines()]
+
+
 def kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, timeout: float) -> None:
     """SIGKILL ``process`` as soon as stage 1 of ``run_dir`` has its first checkpoint.
 

@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,7 +39,14 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from conftest import h5_arrays, skin_mask, tiny_profile, write_notebook
+from conftest import (
+    h5_arrays,
+    history_rows,
+    skin_mask,
+    tiny_profile,
+    wait_for_checkpoint,
+    write_notebook,
+)
 from PIL import Image
 
 from lhc._io import DiskFull, file_digest, write_json
@@ -76,7 +82,7 @@ def runs(tmp_path_factory):
     interrupted = root / "interrupted"
     process = lhc_process("train", "--profile", str(profile_path), "--out", str(interrupted),
                           "--stages", "1", "--verbose", "0")
-    wait_for_checkpoint(process, interrupted, epoch=2)
+    wait_for_checkpoint(process, interrupted / CHECKPOINTS, epoch=2, timeout=TIMEOUT)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=TIMEOUT)
     reference = root / "reference"
@@ -91,31 +97,10 @@ def lhc_process(*argv: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, epoch: int,
-                        stage: Path = CHECKPOINTS) -> None:
-    """Return once ``run_dir``'s stage-1 index names ``epoch``; fail if the process ends first."""
-    pointer = run_dir / stage / "latest.json"
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(pointer.read_text())["epoch"] >= epoch:
-                return
-        time.sleep(0.02)
-    process.kill()
-    _, stderr = process.communicate()
-    pytest.fail(f"no checkpoint of epoch {epoch} in {run_dir}: {stderr[-2000:]}")
-
-
-def history_rows(run_dir: Path) -> list[list[str]]:
-    """history.csv without its seconds column (wall time differs between runs)."""
-    lines = (run_dir / STAGE / "history.csv").read_text().splitlines()
-    return [line.split(",")[:-1] for line in lines]
-
-
 def assert_ends_as_uninterrupted(run_dir: Path, runs: dict) -> None:
     """Same per-epoch losses and accuracies, same test metrics, same final weights, bit for bit."""
     reference = runs["reference"]
-    assert history_rows(run_dir) == history_rows(reference)
+    assert history_rows(run_dir / STAGE) == history_rows(reference / STAGE)
     summary = json.loads((run_dir / STAGE / "summary.json").read_text())
     expected = runs["metrics"]["stages"]["stage1"]["resnet34v2"]
     for key in ("best_epoch", "epochs_run", "train_loss", "val_loss", "val_accuracy",
@@ -178,7 +163,7 @@ def test_ctrl_c_in_lhc_run_stops_the_kernel_and_records_interrupted(runs, tmp_pa
     run_dir = tmp_path / "run"
     process = lhc_process("run", "--profile", str(runs["profile"]), "--out", str(run_dir),
                           "--only", "02")
-    wait_for_checkpoint(process, run_dir, epoch=1)
+    wait_for_checkpoint(process, run_dir / CHECKPOINTS, epoch=1, timeout=TIMEOUT)
     kernels = child_kernels(process.pid)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=TIMEOUT)
@@ -331,7 +316,7 @@ def test_truncated_index_is_rebuilt_from_the_checkpoints_that_verify(runs, tmp_p
                         f"(Expecting value); 13 characters in all); moved to {aside}; rebuilt "
                         "from the checkpoints that verify")
     assert aside.read_text() == damaged
-    history = [row[0] for row in history_rows(run_dir)]
+    history = [row[0] for row in history_rows(run_dir / STAGE)]
     assert history == ["epoch", "1", "2", "3"]
     assert_ends_as_uninterrupted(run_dir, runs)
 

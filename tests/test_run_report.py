@@ -186,14 +186,14 @@ def test_environment_is_the_recorded_one_when_lhc_run_recorded_it(tmp_path):
     (run_dir / "workbench.json").write_text(json.dumps({
         "started": "2026-01-01T00:00:00+00:00", "environment": environment,
         "notebooks": [{"notebook": "01_data", "status": "done", "seconds": 11.46},
-                      {"notebook": "08_report", "status": "running"}]}))
+                      {"notebook": "09_report", "status": "running"}]}))
 
     text = text_of(build_report(run_dir, tmp_path / "report").html_path.read_text())
 
     assert "recorded by lhc run when the run started (2026-01-01T00:00:00+00:00)" in text
     assert "tensorflow 9.9.9" in text and "CPU Imaginary CPU 9000" in text
     assert "CPU cores 64" in text and "memory 512.0 GiB" in text and "GPUs Some GPU" in text
-    assert "01_data done 11.5" in text and "08_report" not in text
+    assert "01_data done 11.5" in text and "09_report" not in text
 
 
 def test_environment_falls_back_to_this_machine(tmp_path):
@@ -223,12 +223,12 @@ def test_notebook_outputs_text_and_tables_never_their_images(tmp_path):
         {"cell_type": "markdown", "metadata": {}, "source": "# words"}]}
     (run_dir / "notebooks").mkdir()
     (run_dir / "notebooks" / "05b_heads.ipynb").write_text(json.dumps(notebook))
-    (run_dir / "notebooks" / "08_report.ipynb").write_text(json.dumps(notebook))
+    (run_dir / "notebooks" / "09_report.ipynb").write_text(json.dumps(notebook))
 
     html = build_report(run_dir, tmp_path / "report").html_path.read_text()
 
     assert html.count("<summary>05b_heads</summary>") == 1
-    assert "08_report" not in html
+    assert "09_report" not in html
     assert "<pre>mean |r| 0.28 &lt; 1\n5/5 - 2s/step\n</pre>" in html  # one block per cell
     assert "<td>lhc1</td><td>0.324</td>" in html
     assert "a warning" not in html and "parameters\n" not in html

@@ -17,12 +17,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import h5_arrays
+from conftest import h5_arrays, history_rows, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -137,26 +136,12 @@ def test_ray_sweep_equals_the_local_one_and_a_killed_trial_resumes(smoke_trainin
 
 
 def kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, arm: str) -> int:
-    """SIGKILL the Ray worker training ``run_dir`` once its stage 4's epoch 1 is published."""
-    pointer = stage4(run_dir, arm) / "checkpoints" / "latest.json"
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if json.loads(pointer.read_text())["epoch"] >= 1:
-                pid = json.loads((run_dir / ".lock").read_text())["pid"]
-                os.kill(pid, signal.SIGKILL)
-                return pid
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    process.kill()
-    output, _ = process.communicate()
-    pytest.fail(f"no stage-4 checkpoint in {run_dir}: {output[-3000:]}")
-
-
-def history_rows(stage_dir: Path) -> list[list[str]]:
-    """A stage's history.csv without its seconds column (wall time differs between runs)."""
-    return [line.split(",")[:-1] for line in (stage_dir / "history.csv").read_text().splitlines()]
+    """SIGKILL the Ray worker training ``run_dir`` once its stage 4's epoch 1 is published;
+    the worker is the process its run lock names."""
+    wait_for_checkpoint(process, stage4(run_dir, arm) / "checkpoints", epoch=1, timeout=TIMEOUT)
+    pid = json.loads((run_dir / ".lock").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch, tmp_path, capsys):

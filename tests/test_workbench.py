@@ -1,7 +1,7 @@
 """The notebook sequence (lhc.workbench, ``lhc run``): selection, parameters, failures.
 
 Most cases execute small notebooks written here (a kernel start is about 2 s); two execute
-the real fast notebooks 07 and 08 with non-default parameters (01 has its own such tests in
+the real fast notebooks 07 and 09 with non-default parameters (01 has its own such tests in
 test_notebook_data.py), and one slow case runs the whole sequence through ``lhc run``.
 """
 
@@ -260,7 +260,7 @@ def test_report_notebook_with_other_parameters(tmp_path):
         save_figure(fig, run_dir / "figures" / name)
     output = tmp_path / "08.ipynb"
 
-    execute_notebook(NOTEBOOKS_DIR / "08_report.ipynb", output,
+    execute_notebook(NOTEBOOKS_DIR / "09_report.ipynb", output,
                      {"run_dir": str(run_dir), "out": str(tmp_path / "report"), "images": False})
 
     text = stdout_of(output)
