@@ -411,9 +411,12 @@ def run_evaluation(source: str | os.PathLike, data: str | os.PathLike | None = N
     metrics["out"] = str(out)
     write_json(out / "metrics.json", metrics)
     title = f"{loaded.source}, {split} ({metrics['test_split']})"
-    plots.save_figure(confusion_matrix_figure(result, title), out / "figures" /
-                      "evaluate_confusion_matrix")
-    plots.save_figure(per_class_figure(result, title), out / "figures" / "evaluate_per_class")
+    import matplotlib.pyplot as plt
+
+    for figure, name in ((confusion_matrix_figure(result, title), "evaluate_confusion_matrix"),
+                         (per_class_figure(result, title), "evaluate_per_class")):
+        plots.save_figure(figure, out / "figures" / name)
+        plt.close(figure)  # files, not windows: a process evaluating many models keeps none open
     return metrics
 
 

@@ -313,10 +313,14 @@ def run_dir(tmp_path_factory):
 
 
 def test_command_on_a_run_directory(run_dir, tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
     from lhc.training import load_run_data, load_trained_model
 
+    open_figures = set(plt.get_fignums())
     args = parse("evaluate", str(run_dir), "--tta", "flip", "--out", str(tmp_path / "out"))
     assert args.func(args) == 0
+    assert set(plt.get_fignums()) == open_figures, "the saved figures stay open"
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["accuracy"] == metrics["with_tta"]["accuracy"]
     assert metrics["input_size"] == 48  # from the smoke profile, not typed
